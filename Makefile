@@ -1,0 +1,31 @@
+# Restitution — `make demo` and `make test` work from a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench migration translations contracts clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/restitution demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+# Pre-release: one initial migration regenerated from claims/models.py.
+migration: setup
+	$(BIN)/python migrations/regenerate.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,38 @@
+"""Request dependencies shared by the routes: database sessions and settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends
+from sqlmodel import Session
+
+from claims.db import get_engine
+from claims.settings import Settings, get_settings
+
+
+def get_db() -> Iterator[Session]:
+    """One write transaction per request: committed when the handler returns normally."""
+    with Session(get_engine(), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_read_db() -> Iterator[Session]:
+    """A read transaction (deferred on SQLite, so reads never wait for writers)."""
+    engine = get_engine().execution_options(sqlite_begin="DEFERRED")
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+ReadSessionDep = Annotated[Session, Depends(get_read_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

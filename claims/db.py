@@ -1,0 +1,170 @@
+"""Database engine, sessions and schema upgrades.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, foreign keys on, and
+write transactions that begin IMMEDIATE so that the server and CLI commands can work on one
+file at once without lock-upgrade deadlocks. PostgreSQL works through psycopg 3.
+
+The schema is owned by Alembic (``migrations/``); every process calls :func:`ensure_schema`
+on start, which costs one query when the database is current and migrates when it is behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "migrations"
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_current: set[str] = set()
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, **kw) -> Engine:
+    """A new engine for ``url`` with this project's connection settings."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60}, **kw
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _rec):  # pragma: no cover - exercised by every test
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # pragma: no cover
+            mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    kw.setdefault("pool_pre_ping", True)
+    kw.setdefault("pool_size", 10)
+    kw.setdefault("max_overflow", 20)
+    return create_engine(url, **kw)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: the configured database), schema current."""
+    if url is None:
+        from claims.settings import get_settings
+
+        url = get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+    if url not in _current:
+        ensure_schema(engine)
+        _current.add(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _current.clear()
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None, *, write: bool = True) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error.
+
+    ``write=False`` opens a deferred (read) transaction on SQLite so readers never queue
+    behind writers.
+    """
+    engine = engine or get_engine()
+    bind = engine if write else engine.execution_options(sqlite_begin="DEFERRED")
+    with Session(bind, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def lock_clause(session: Session) -> bool:
+    """Whether ``SELECT … FOR UPDATE`` means anything here (not on SQLite, where the
+    IMMEDIATE transaction already holds the database's write lock)."""
+    return not is_sqlite(session.get_bind())
+
+
+# ---------------------------------------------------------------- schema (Alembic)
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return script.get_current_head()
+
+
+def current_revision(conn) -> str | None:
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def alembic_config(url: str | None = None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Upgrade the schema to head if it is behind; cheap when it is current."""
+    head = head_revision()
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        with conn.begin():
+            if current_revision(conn) == head:
+                return
+    from alembic import command
+
+    with engine.connect() as conn:
+        with conn.begin():
+            if not is_sqlite(engine):
+                conn.execute(text("SELECT pg_advisory_xact_lock(7305442)"))
+            if current_revision(conn) == head:
+                return
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            _seed(conn)
+
+
+def _seed(conn) -> None:
+    """Rows every database needs: the audit chain head."""
+    if conn.execute(text("SELECT count(*) FROM audit_head")).scalar() == 0:
+        conn.execute(text("INSERT INTO audit_head (id, last_id, last_hash, count) "
+                          "VALUES (1, 0, :h, 0)"), {"h": "0" * 64})
