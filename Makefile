@@ -27,5 +27,9 @@ bench: setup
 migration: setup
 	$(BIN)/python migrations/regenerate.py
 
+# Rebuild claims/rails/evm_artifacts.json (ABI + bytecode) from contracts/*.sol with solc-js from npm.
+contracts:
+	cd contracts && npm ci --no-audit --no-fund && node build.js
+
 clean:
 	rm -rf var

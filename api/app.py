@@ -10,6 +10,12 @@ from api import problems
 
 # Each module exposes ``router`` (an APIRouter); order matters only for docs.
 ROUTERS = [
+    "api.routes.victims",
+    "api.pages.public",
+    "api.routes.auth",
+    "api.routes.review",
+    "api.routes.rounds",
+    "api.pages.reports",
 ]
 
 

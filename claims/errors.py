@@ -80,6 +80,16 @@ class TooManyAttempts(DomainError):
         self.retry_after = retry_after
 
 
+class UnsupportedMediaType(DomainError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class PayloadTooLarge(DomainError):
+    status = 413
+    title = "Body too large"
+
+
 class PayoutError(Conflict):
     title = "Payout refused"
 

@@ -309,8 +309,10 @@ class StaffUser(SQLModel, table=True):
     role: str = Field(sa_type=String(16))
     password_hash: str = Field(sa_type=String(255))
     totp_secret_encrypted: bytes | None = Field(default=None, sa_type=LargeBinary)
+    totp_last_step: int | None = Field(default=None, sa_type=BigInteger)  # no code used twice
     disabled: bool = False
-    failed_logins: int = 0
+    failed_logins: int = 0  # consecutive failed sign-ins (claims.staff)
+    last_failed_at: dt.datetime | None = _ts()
     locked_until: dt.datetime | None = _ts()
     created_at: dt.datetime = _ts(nullable=False)
     password_changed_at: dt.datetime = _ts(nullable=False)
@@ -481,6 +483,8 @@ class Notification(SQLModel, table=True):
 
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
+    # A claim's own events (the victim's status timeline) without scanning the whole trail.
+    __table_args__ = (Index("ix_audit_event_subject", "subject_type", "subject_id"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     occurred_at: dt.datetime = _ts(nullable=False)
     actor: str = Field(sa_type=String(128))

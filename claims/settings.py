@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     evm_rpc_url: str | None = None
     evm_private_key: str | None = Field(default=None, repr=False)
     evm_keystore: str | None = None
+    evm_keystore_password: str | None = Field(default=None, repr=False)
+    evm_token_address: str | None = None  # the USDT contract on a real node
+    evm_disperse_address: str | None = None  # the Disperse contract (batches) on a real node
     rate_limit: str = "20/minute"
     rate_limit_storage: str = "memory://"
     password: str | None = Field(default=None, repr=False)

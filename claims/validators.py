@@ -52,6 +52,7 @@ __all__ = [
     "validate_eth_address",
     "to_checksum_address",
     "validate_payout_address",
+    "validate_any_address",
     "validate_network",
     "detect_network",
     "normalize_address_key",
@@ -403,9 +404,11 @@ def validate_eth_address(addr: object, *, field: str = "payout_address") -> tupl
         raise ValidationFailed(
             field, f"an Ethereum address has 40 hexadecimal digits after 0x, not {len(body)}"
         )
-    checksummed = to_checksum_address(addr)
     if int(body, 16) == 0:
-        raise ValidationFailed(field, "this is the Ethereum zero address; it cannot receive payouts")
+        raise ValidationFailed(
+            field, "this is the Ethereum zero address; it cannot receive payouts"
+        )
+    checksummed = to_checksum_address(addr)
     if addr == checksummed:
         return checksummed, []
     if body == body.lower() or body == body.upper():
@@ -494,6 +497,15 @@ def validate_any_address(address: object, *, field: str = "address") -> tuple[st
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def tx_hash_key(text: str, *, field: str = "evidence_tx_hashes") -> str:
+    """The comparison key of a transaction hash on any network: 64 lower-case hex digits
+    without ``0x`` (what evidence and the ledger's ``tx_hash`` are matched on)."""
+    body = text[2:] if text[:2] in ("0x", "0X") else text
+    if not _HEX64.fullmatch(body):
+        raise ValidationFailed(field, "a transaction hash is 64 hexadecimal digits (0x optional)")
+    return body.lower()
+
+
 def validate_tx_hash(h: object, network: str, *, field: str = "evidence_tx_hashes") -> str:
     """An evidence transaction hash, lower case.
 
@@ -539,7 +551,8 @@ def validate_phone(phone: object) -> str:
         )
     if not compact.startswith("+"):
         raise ValidationFailed(
-            "phone", "must be in international form: +7 followed by 10 digits (e.g. +7 701 234 5678)"
+            "phone",
+            "must be in international form: +7 followed by 10 digits (e.g. +7 701 234 5678)",
         )
     if not compact.startswith("+7"):
         raise ValidationFailed("phone", "must be a Kazakhstan number: +7 followed by 10 digits")
@@ -681,17 +694,10 @@ def _validate_evidence(value: object, network: str | None) -> list[str]:
     out: list[str] = []
     problems: list[str] = []
     for i, item in enumerate(items, start=1):
+        # Evidence may come from the scheme's chain, not the payout network: accept either
+        # shape and keep the match key (64 lower-case hex digits, no 0x).
         try:
-            if network is None:  # network unknown: check the shape only
-                text = _text("evidence_tx_hashes", item, what="a transaction hash")
-                body = text[2:] if text[:2] in ("0x", "0X") else text
-                if not _HEX64.fullmatch(body):
-                    raise ValidationFailed(
-                        "evidence_tx_hashes", "a transaction hash is 64 hexadecimal digits"
-                    )
-                h = text.lower()
-            else:
-                h = validate_tx_hash(item, network)
+            h = tx_hash_key(_text("evidence_tx_hashes", item, what="a transaction hash"))
         except ValidationFailed as exc:
             problems.append(f"item {i}: {exc.message}")
             continue

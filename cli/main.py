@@ -20,7 +20,16 @@ app = typer.Typer(
 
 # Order is the order of `restitution --help`.
 _MODULES = [
+    "cli.serve",
+    "cli.claims_cmd",
     "cli.plan",
+    "cli.cases",
+    "cli.ledger",
+    "cli.blocked",
+    "cli.users",
+    "cli.verify",
+    "cli.rounds",
+    "cli.audit_cmd",
 ]
 
 for _name in _MODULES:

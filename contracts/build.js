@@ -13,8 +13,11 @@ const SOURCES = ['TestUSDT.sol', 'Disperse.sol'];
 const EVM_VERSION = 'shanghai';
 const OUT = path.join(__dirname, '..', 'claims', 'rails', 'evm_artifacts.json');
 
+// viaIR: about 40% fewer EVM steps per payout than the legacy pipeline (py-evm runs each step
+// in Python, so this is most of the in-process chain's cost per payout).
 const settings = {
   evmVersion: EVM_VERSION,
+  viaIR: true,
   optimizer: { enabled: true, runs: 1000 },
   metadata: { bytecodeHash: 'none' },
   outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
@@ -43,7 +46,12 @@ for (const name of SOURCES) {
 const artifact = {
   generated_by: 'contracts/build.js — do not edit; rebuild with `make contracts`',
   compiler: { name: 'solc-js', version: solc.version() },
-  settings: { evmVersion: settings.evmVersion, optimizer: settings.optimizer, metadata: settings.metadata },
+  settings: {
+    evmVersion: settings.evmVersion,
+    viaIR: settings.viaIR,
+    optimizer: settings.optimizer,
+    metadata: settings.metadata,
+  },
   sources_sha256: sha256,
   contracts,
 };

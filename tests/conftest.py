@@ -93,9 +93,10 @@ def _empty_pg(url: str) -> None:
     import claims.models  # noqa: F401
 
     engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    # DELETE in reverse dependency order is ~20x faster than TRUNCATE on tiny tables.
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        for t in reversed(SQLModel.metadata.sorted_tables):
+            conn.execute(text(f'DELETE FROM "{t.name}"'))
         conn.execute(
             text("INSERT INTO audit_head (id, last_id, last_hash, count) VALUES (1, 0, :h, 0)"),
             {"h": "0" * 64},

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 01:25:33.526232
+Create Date: 2026-11-25 01:50:34.438566
 """
 from typing import Sequence, Union
 
@@ -36,6 +36,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_event_action'), ['action'], unique=False)
+        batch_op.create_index('ix_audit_event_subject', ['subject_type', 'subject_id'], unique=False)
 
     op.create_table('audit_head',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -82,8 +83,10 @@ def upgrade() -> None:
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('password_hash', sa.String(length=255), nullable=False),
     sa.Column('totp_secret_encrypted', sa.LargeBinary(), nullable=True),
+    sa.Column('totp_last_step', sa.BigInteger(), nullable=True),
     sa.Column('disabled', sa.Boolean(), nullable=False),
     sa.Column('failed_logins', sa.Integer(), nullable=False),
+    sa.Column('last_failed_at', claims.models.UTCDateTime(), nullable=True),
     sa.Column('locked_until', claims.models.UTCDateTime(), nullable=True),
     sa.Column('created_at', claims.models.UTCDateTime(), nullable=False),
     sa.Column('password_changed_at', claims.models.UTCDateTime(), nullable=False),
@@ -534,6 +537,7 @@ def downgrade() -> None:
     op.drop_table('blocked_address')
     op.drop_table('audit_head')
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_event_subject')
         batch_op.drop_index(batch_op.f('ix_audit_event_action'))
 
     op.drop_table('audit_event')

@@ -1,0 +1,323 @@
+"""Benchmark: claim filings per second over HTTP, beside a minimal FastAPI handler.
+
+    .venv/bin/python bench/intake.py [--claims N] [--concurrency C] [--workers W] [--pg URL] [--quick]
+
+For each database (SQLite always; PostgreSQL when ``--pg URL`` or ``RESTITUTION_TEST_DATABASE_URL``
+is given — a throw-away database is created on that server and dropped afterwards) it starts
+two servers on loopback, each with W uvicorn workers (default 2), one after the other:
+
+* ``restitution serve --workers W --no-background`` — the real ``POST /api/v1/claims``: the
+  domain validators, the IIN's keyed hash and Fernet ciphertext, a duplicate check, the claim,
+  its ``received`` notification and its audit event (HMAC chain, head row locked) in one
+  transaction;
+* a minimal FastAPI app with one handler that parses the same JSON body and inserts the same
+  ``claim`` row (same engine settings, one transaction, no validation, no audit, no outbox).
+
+The same N distinct filings (valid IINs, TRON addresses) go to each through C concurrent
+keep-alive HTTP/1.1 clients (asyncio + httpx), after a warm-up. It prints claims/s, p50 and p99
+latency of each, and the ratio real/minimal. Goals: ≥ 1,000 claims/s and ≥ 0.5× the minimal
+handler. Rate limiting is off (``RESTITUTION_RATE_LIMIT=off``), as for load tests.
+
+The load generator runs on the same machine (it takes CPU from the servers): compare the two
+numbers of one run rather than runs on different machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from starlette.requests import Request  # noqa: E402  (resolved by FastAPI in minimal_app)
+
+CASE = "bench-case"
+
+
+# ----------------------------------------------------------------------------- the minimal app
+
+
+def minimal_app():
+    """A FastAPI app that inserts the claim row as given: the floor for one filing."""
+    from fastapi import FastAPI
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+    from sqlalchemy import insert, select
+
+    from claims.crypto import new_token, token_hash
+    from claims.db import get_engine, session_scope
+    from claims.intake import new_reference
+    from claims.models import Case, Claim, utcnow
+
+    app = FastAPI()
+    engine = get_engine()
+    with session_scope(engine, write=False) as s:
+        case_id = s.execute(select(Case.id).where(Case.code == CASE)).scalar_one()
+    table = Claim.__table__
+
+    def store(data: dict) -> dict:
+        now = utcnow()
+        token = new_token()
+        ref = new_reference()
+        row = {
+            "case_id": case_id, "reference": ref, "status": "submitted",
+            "full_name": data["full_name"], "name_key": data["full_name"].lower(),
+            "iin_hash": data["iin"], "iin_encrypted": data["iin"].encode(),
+            "iin_masked": data["iin"][:2] + "******" + data["iin"][-4:],
+            "birth_date": dt.date.fromisoformat(data["date_of_birth"]),
+            "date_of_birth": dt.date.fromisoformat(data["date_of_birth"]),
+            "email": data["email"], "email_key": data["email"].lower(), "phone": data["phone"],
+            "language": data["language"], "scheme_account": None,
+            "claimed_amount": 1, "evidence_tx_hashes": [], "payout_network": data["payout_network"],
+            "payout_address": data["payout_address"], "payout_address_key": data["payout_address"],
+            "access_token_hash": token_hash(token), "consent_at": now, "source": "web",
+            "version": 1, "created_at": now, "updated_at": now,
+        }
+        with session_scope(engine) as s:
+            s.connection().execute(insert(table), row)
+        return {"reference": ref, "status": "submitted", "access_token": token, "warnings": []}
+
+    @app.post("/api/v1/claims", status_code=201)
+    async def file(request: Request):
+        data = json.loads(await request.body())
+        return JSONResponse(await run_in_threadpool(store, data), status_code=201)
+
+    return app
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def make_bodies(n: int, seed: int = 1) -> list[bytes]:
+    from claims.validators import make_iin, make_tron_address
+
+    bodies = []
+    base = dt.date(1950, 1, 1)
+    for k in range(n):
+        birth = base + dt.timedelta(days=(k * 7) % 20000)
+        serial = (k // 2857) % 9000 + seed * 10
+        bodies.append(json.dumps({
+            "case_id": CASE,
+            "full_name": f"Bench Claimant {k}",
+            "iin": make_iin(birth, "male" if k % 2 else "female", serial),
+            "date_of_birth": birth.isoformat(),
+            "email": f"bench{seed}-{k}@example.kz",
+            "phone": "+77012345678",
+            "language": ("kk", "ru", "en")[k % 3],
+            "claimed_amount": f"{100 + k % 5000}.5",
+            "payout_network": "tron",
+            "payout_address": make_tron_address((seed * 10_000_000 + k + 1).to_bytes(20, "big")),
+            "consent": True,
+        }).encode())
+    return bodies
+
+
+async def _load(base_url: str, bodies: list[bytes], concurrency: int) -> tuple[float, list[float], dict]:
+    import httpx
+
+    queue = list(reversed(bodies))
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        headers = {"content-type": "application/json"}
+
+        async def worker():
+            while queue:
+                body = queue.pop()
+                t = time.perf_counter()
+                r = await client.post("/api/v1/claims", content=body, headers=headers)
+                latencies.append(time.perf_counter() - t)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return elapsed, latencies, codes
+
+
+def measure(base_url: str, bodies: list[bytes], warmup: list[bytes], concurrency: int) -> dict:
+    asyncio.run(_load(base_url, warmup, concurrency))
+    elapsed, lat, codes = asyncio.run(_load(base_url, bodies, concurrency))
+    lat.sort()
+    return {
+        "rate": len(bodies) / elapsed,
+        "p50": statistics.median(lat) * 1000,
+        "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "codes": codes,
+    }
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            if time.time() > deadline:
+                raise RuntimeError(f"{url} did not answer") from None
+            time.sleep(0.2)
+
+
+def start_server(kind: str, env: dict, workers: int, cwd: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    if kind == "restitution":
+        cmd = [str(Path(sys.executable).parent / "restitution"), "serve", "--port", str(port),
+               "--workers", str(workers), "--no-background", "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "--factory",
+               "intake:minimal_app", "--port", str(port), "--workers", str(workers),
+               "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONPATH": str(ROOT)}, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    _wait(url + "/openapi.json", proc)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+
+
+def prepare_database(url: str, env: dict) -> None:
+    os.environ.update(env)
+    from claims.cases import create_case
+    from claims.db import dispose_engines, get_engine, session_scope
+    from claims.settings import reset_settings
+
+    reset_settings()
+    dispose_engines()
+    with session_scope(get_engine(url)) as s:
+        create_case(s, CASE, "Benchmark case")
+    dispose_engines()
+
+
+def count_rows(url: str) -> dict[str, int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        out = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+               for t in ("claim", "notification", "audit_event")}
+    engine.dispose()
+    return out
+
+
+def run_backend(name: str, url: str, workdir: Path, args) -> list[dict]:
+    env = {
+        **os.environ,
+        "RESTITUTION_DATABASE_URL": url,
+        "RESTITUTION_RATE_LIMIT": "off",
+        "RESTITUTION_VAR_DIR": str(workdir / "var"),
+        "RESTITUTION_DOCUMENTS_DIR": str(workdir / "documents"),
+    }
+    prepare_database(url, env)
+    rows = []
+    for kind, seed in (("minimal", 1), ("restitution", 2)):
+        bodies = make_bodies(args.claims + args.warmup, seed)
+        proc, base = start_server(kind, env, args.workers, workdir)
+        try:
+            m = measure(base, bodies[args.warmup:], bodies[:args.warmup], args.concurrency)
+        finally:
+            stop(proc)
+        rows.append({"backend": name, "server": kind, **m})
+    counts = count_rows(url)
+    return rows, counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--claims", type=int, default=5000)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--pg", default=os.environ.get("RESTITUTION_TEST_DATABASE_URL"))
+    ap.add_argument("--no-pg", action="store_true", help="SQLite only")
+    ap.add_argument("--quick", action="store_true", help="1,000 claims")
+    args = ap.parse_args()
+    if args.quick:
+        args.claims, args.warmup = 1000, 100
+
+    print(f"intake bench: {args.claims} filings, {args.concurrency} concurrent clients, "
+          f"{args.workers} uvicorn workers per server, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    results = []
+    tmp = Path(tempfile.mkdtemp(prefix="restitution-bench-"))
+    try:
+        sqlite_dir = tmp / "sqlite"
+        sqlite_dir.mkdir()
+        rows, counts = run_backend("sqlite", f"sqlite:///{sqlite_dir / 'bench.db'}", sqlite_dir, args)
+        results += rows
+        print(f"  sqlite rows after the run: {counts}")
+        if args.pg and not args.no_pg:
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+
+            name = f"restitution_bench_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            url = make_url(args.pg).set(database=name).render_as_string(hide_password=False)
+            pg_dir = tmp / "pg"
+            pg_dir.mkdir()
+            try:
+                rows, counts = run_backend("postgresql", url, pg_dir, args)
+                results += rows
+                print(f"  postgresql rows after the run: {counts}")
+            finally:
+                from claims.db import dispose_engines
+
+                dispose_engines()
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                admin.dispose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"{'backend':<11} {'server':<12} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8}  answers")
+    for r in results:
+        print(f"{r['backend']:<11} {r['server']:<12} {r['rate']:>9.0f} {r['p50']:>8.1f} "
+              f"{r['p99']:>8.1f}  {r['codes']}")
+    print()
+    for backend in dict.fromkeys(r["backend"] for r in results):
+        real = next(r for r in results if r["backend"] == backend and r["server"] == "restitution")
+        floor = next(r for r in results if r["backend"] == backend and r["server"] == "minimal")
+        ratio = real["rate"] / floor["rate"]
+        goal = "meets" if real["rate"] >= 1000 and ratio >= 0.5 else "misses"
+        print(f"{backend}: restitution {real['rate']:.0f} claims/s = {ratio:.2f}x the minimal "
+              f"handler ({floor['rate']:.0f}/s); goal >= 1000/s and >= 0.5x: {goal}")
+
+
+if __name__ == "__main__":
+    main()

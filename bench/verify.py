@@ -1,0 +1,288 @@
+"""Bench: claim verification (claims/verification.py) through the Prefect flow and without it.
+
+    .venv/bin/python bench/verify.py [N] [--quick] [--batch-size B] [--json]
+
+Generates one case with an N-account ledger (totals and five match keys per account, two
+entries each) and N submitted claims (default 100,000; ``--quick`` 10,000) straight into a
+fresh SQLite database with bulk inserts, copies it twice, then verifies each copy in a fresh
+process:
+
+- ``direct`` — :func:`claims.verification.run_verification`: the batches, no Prefect;
+- ``flow``   — :func:`flows.verify.verify_claims` (one task run per batch step) against
+               Prefect's temporary local server. The server is started by a warm-up flow
+               *before* the clock starts (a per-command cost, measured and shown apart).
+
+The claims match by every rule (40 % scheme account, 15 % evidence tx hash, 15 % IIN, 10 %
+e-mail, 10 % phone, 5 % wallet, 5 % nothing) and raise most flags (5 % claim too much, 3 %
+net winners, 0.5 % insiders, 1 % share a payout address in pairs); about 85 % are approved
+by rule (audit events, decision rows, "approved" e-mails queued). Both copies must end with
+the same outcome (checked). Prints a table; ``--json`` one JSON object as the last line.
+Goal (issue 4): ≥ 5,000 claims/s and flow ≤ 1.1 × direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CODE = "bench"
+MICRO = 1_000_000
+
+
+def _env(tmp: Path, db: Path) -> dict:
+    return {
+        **os.environ,
+        "RESTITUTION_VAR_DIR": str(tmp / "var"),
+        "RESTITUTION_SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789abcdef",
+        "RESTITUTION_PII_KEY": "bench-pii-key-0123456789abcdef0123456789abcdef0123",
+        "RESTITUTION_DATABASE_URL": f"sqlite:///{db}",
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+# ------------------------------------------------------------------ data
+
+
+def generate(db: Path, n: int, seed: int = 11) -> dict:
+    """Case, ledger and claims of the bench into a fresh SQLite database (bulk inserts)."""
+    from sqlalchemy import insert
+
+    from claims.db import ensure_schema, make_engine
+    from claims.models import Case, Claim, LedgerAccount, LedgerEntry, LedgerIdentifier, utcnow
+
+    rnd = random.Random(seed)
+    engine = make_engine(f"sqlite:///{db}")
+    ensure_schema(engine)
+    now = utcnow()
+    t0 = time.perf_counter()
+
+    def h(*parts) -> str:
+        return hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=32).hexdigest()
+
+    def wallet(tag: str, i: int) -> str:
+        return "0x" + h("wallet", tag, i)[:40]  # an Ethereum address key (lower case)
+
+    with engine.begin() as conn:
+        conn.execute(insert(Case.__table__), [{"id": 1, "code": CODE, "name": "Bench", "status": "open",
+                                               "created_at": now}])
+        chunk = 20_000
+        for lo in range(1, n + 1, chunk):
+            accts, idents, entries = [], [], []
+            for i in range(lo, min(lo + chunk, n + 1)):
+                dep = rnd.randrange(100, 10_000) * MICRO + rnd.randrange(MICRO)
+                r = i % 100
+                wd = dep + rnd.randrange(0, 50) * MICRO if r < 3 else dep * rnd.randrange(0, 80) // 100
+                accts.append({"id": i, "case_id": 1, "account_id": f"ACC-{i:07d}", "deposits": dep,
+                              "withdrawals": wd, "bonuses": 0, "insider": r == 50 and i % 200 == 50})
+                for kind, value in (("tx_hash", h("tx", i)), ("iin", h("iin", i)),
+                                    ("email", f"v{i}@ledger.example"), ("phone", f"+7701{i:07d}"),
+                                    ("wallet", wallet("ledger", i))):
+                    idents.append({"case_id": 1, "kind": kind, "value": value, "account_pk": i})
+                at = dt.datetime(2022, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
+                entries.append({"case_id": 1, "account_pk": i, "row_key": h("d", i), "entry_type": "deposit",
+                                "amount": dep, "occurred_at": at, "tx_hash": h("tx", i)})
+                if wd:
+                    entries.append({"case_id": 1, "account_pk": i, "row_key": h("w", i),
+                                    "entry_type": "withdrawal", "amount": wd, "occurred_at": at,
+                                    "tx_hash": None})
+            conn.execute(insert(LedgerAccount.__table__), accts)
+            conn.execute(insert(LedgerIdentifier.__table__), idents)
+            conn.execute(insert(LedgerEntry.__table__), entries)
+
+        rows = conn.exec_driver_sql("SELECT id, deposits, withdrawals FROM ledger_account").all()
+        deposits = {pk: (d, w) for pk, d, w in rows}
+        for lo in range(1, n + 1, chunk):
+            claims = []
+            for j in range(lo, min(lo + chunk, n + 1)):
+                rule = j % 20
+                d, w = deposits[j]
+                loss = max(0, d - w)
+                claimed = loss if j % 20 != 7 else loss * 2 + 5 * MICRO  # 5 % claim too much
+                claimed = max(claimed, 1)
+                pay = wallet("claim", j)
+                if j % 100 == 1 and j > 1:  # 1 % share a payout address with the claim before
+                    pay = wallet("claim", j - 1)
+                c = {
+                    "case_id": 1, "reference": f"KZR-{j:08d}", "status": "submitted",
+                    "full_name": f"Victim {j}", "name_key": f"victim {j}", "iin_hash": h("claim-iin", j),
+                    "iin_encrypted": b"", "iin_masked": "00******0000",
+                    "birth_date": dt.date(1950, 1, 1) + dt.timedelta(days=j % 20000),
+                    "email": f"c{j}@claim.example", "email_key": f"c{j}@claim.example",
+                    "phone": f"+7702{j:07d}", "language": "ru", "scheme_account": None,
+                    "claimed_amount": claimed, "evidence_tx_hashes": [],
+                    "payout_network": "ethereum", "payout_address": pay, "payout_address_key": pay,
+                    "access_token_hash": h("token", j), "consent_at": now, "source": "import",
+                    "version": 1, "created_at": now, "updated_at": now,
+                }
+                if rule <= 7:
+                    c["scheme_account"] = f"ACC-{j:07d}"
+                elif rule <= 10:
+                    c["evidence_tx_hashes"] = ["0x" + h("tx", j)]
+                elif rule <= 13:
+                    c["iin_hash"] = h("iin", j)
+                elif rule <= 15:
+                    c["email"] = c["email_key"] = f"v{j}@ledger.example"
+                elif rule <= 17:
+                    c["phone"] = f"+7701{j:07d}"
+                elif rule == 18:
+                    c["payout_address"] = c["payout_address_key"] = wallet("ledger", j)
+                claims.append(c)
+            conn.execute(insert(Claim.__table__), claims)
+    engine.dispose()  # checkpoints the WAL into the file
+    return {"seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------ children
+
+
+def outcome(url: str) -> dict:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        status = dict(conn.execute(text("SELECT status, count(*) FROM claim GROUP BY status")).all())
+        flags = dict(conn.execute(text(
+            "SELECT code, count(*) FROM flag WHERE resolved_at IS NULL GROUP BY code")).all())
+        loss = conn.execute(text("SELECT coalesce(sum(recognized_loss), 0) FROM claim")).scalar()
+        audit = conn.execute(text("SELECT count(*) FROM audit_event")).scalar()
+        notes = conn.execute(text("SELECT count(*) FROM notification")).scalar()
+    engine.dispose()
+    return {"status": status, "flags": flags, "recognized_loss": int(loss), "audit_events": audit,
+            "notifications": notes}
+
+
+def child(mode: str, batch_size: int) -> dict:
+    url = os.environ["RESTITUTION_DATABASE_URL"]
+    res: dict = {}
+    if mode == "direct":
+        from claims.db import get_engine
+        from claims.verification import run_verification
+
+        get_engine()  # schema check outside the clock
+        t0 = time.perf_counter()
+        counts = run_verification(CODE, batch_size=batch_size)
+        res["seconds"] = time.perf_counter() - t0
+    else:
+        from flows import configure_prefect
+
+        configure_prefect()
+        t0 = time.perf_counter()
+        from prefect import flow
+
+        from claims.db import get_engine
+        from flows.verify import verify_claims
+
+        res["import_seconds"] = time.perf_counter() - t0
+        get_engine()
+
+        @flow(name="bench-warm-up")
+        def warm_up() -> int:
+            return 1
+
+        t0 = time.perf_counter()
+        warm_up()  # starts Prefect's temporary server (kept for the process)
+        res["server_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        counts = verify_claims(CODE, batch_size=batch_size)
+        res["seconds"] = time.perf_counter() - t0
+    counts.pop("ids", None)
+    res["counts"] = counts
+    res["outcome"] = outcome(url)
+    return res
+
+
+def run_child(tmp: Path, db: Path, mode: str, batch_size: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--batch-size", str(batch_size)],
+        env=_env(tmp, db), capture_output=True, text=True, cwd=tmp,
+    )
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout + out.stderr)
+        raise SystemExit(f"{mode} child failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="10,000 claims")
+    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.batch_size)))
+        return
+    n = args.n or (10_000 if args.quick else 100_000)
+
+    tmp = Path(tempfile.mkdtemp(prefix="verify-bench-"))
+    try:
+        os.environ.update({k: v for k, v in _env(tmp, tmp / "x.db").items()
+                           if k.startswith(("RESTITUTION_", "PREFECT_"))})
+        template = tmp / "template.db"
+        gen = generate(template, n)
+        dbs = {m: tmp / f"{m}.db" for m in ("direct", "flow")}
+        for db in dbs.values():
+            shutil.copyfile(template, db)
+        res = {m: run_child(tmp, dbs[m], m, args.batch_size) for m in ("direct", "flow")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    same = res["direct"]["outcome"] == res["flow"]["outcome"]
+    d, f = res["direct"], res["flow"]
+    rate = {m: n / r["seconds"] for m, r in res.items()}
+    ratio = f["seconds"] / d["seconds"]
+    summary = {
+        "claims": n,
+        "batch_size": args.batch_size,
+        "generate_seconds": round(gen["seconds"], 2),
+        "direct_seconds": round(d["seconds"], 2),
+        "flow_seconds": round(f["seconds"], 2),
+        "direct_claims_per_s": round(rate["direct"]),
+        "flow_claims_per_s": round(rate["flow"]),
+        "flow_over_direct": round(ratio, 3),
+        "prefect_import_seconds": round(f["import_seconds"], 2),
+        "prefect_server_start_seconds": round(f["server_seconds"], 2),
+        "batches": d["counts"]["batches"],
+        "approved": d["counts"]["approved"],
+        "flagged": d["counts"]["flagged"],
+        "flags": d["counts"]["flags"],
+        "same_outcome": same,
+        "goal_met": rate["flow"] >= 5000 and rate["direct"] >= 5000 and ratio <= 1.1 and same,
+    }
+    w = 44
+    print(f"verification bench: {n:,} claims against a {n:,}-account ledger (SQLite), "
+          f"batch {args.batch_size:,}")
+    print(f"{'':{w}} {'seconds':>9} {'claims/s':>10} {'ratio':>7}")
+    print(f"{'direct (claims/ functions, no Prefect)':{w}} {d['seconds']:9.2f} {rate['direct']:10,.0f} {1:7.2f}")
+    print(f"{'flow (Prefect tasks, server already up)':{w}} {f['seconds']:9.2f} {rate['flow']:10,.0f} {ratio:7.2f}")
+    print(f"{'  once per command: import prefect':{w}} {f['import_seconds']:9.2f}")
+    print(f"{'  once per command: start temporary server':{w}} {f['server_seconds']:9.2f}")
+    print(f"outcome: {d['counts']['approved']:,} approved, {d['counts']['flagged']:,} flagged; "
+          f"flags {json.dumps(d['counts']['flags'], sort_keys=True)}")
+    print(f"audit events {d['outcome']['audit_events']:,}, notifications {d['outcome']['notifications']:,}; "
+          f"direct and flow end identical: {'yes' if same else 'NO'}")
+    print(f"goal ≥ 5,000 claims/s and flow ≤ 1.1 × direct: {'met' if summary['goal_met'] else 'NOT met'}")
+    if args.json:
+        print(json.dumps(summary, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+"""The caseworker's review: the queue, a claim with its ledger evidence, decisions, settlements.
+
+Rules (DESIGN.md "Claim lifecycle"; CONTRACT.md "Staff"):
+
+- Decisions are taken on ``flagged`` claims only (anything else → ``IllegalTransition``, 409):
+  ``approve`` → ``approved``, ``reject`` → ``rejected`` (the reason is told to the victim),
+  ``request_info`` → ``needs_info`` (the reason becomes a request the victim sees and
+  answers). Every decision needs a reason.
+- Approving a claim that matched no ledger account needs ``recognized_loss``; the claim is
+  then taken as ``invested = recognized_loss``, ``withdrawn = 0``. Approving a matched claim
+  keeps the ledger's net loss unless ``recognized_loss`` is given, which overrides it; the
+  override keeps the ledger's ``withdrawn`` and sets ``invested = withdrawn +
+  recognized_loss``, so that both allocation methods see the same claim (pro-rata's base
+  is the net loss, rising-tide's base is ``invested`` less what was withdrawn).
+- Approving overrides the claim's open flags: the decision records their codes in
+  ``overridden_flags`` and resolves them (``resolved_at``, ``decision_id``). A rejection or
+  a request for information leaves the flags open.
+- ``settle`` ends a dispute (``disputed`` → ``approved``) at an amount, recorded the same
+  way (``invested = withdrawn + amount``), and then calls
+  ``claims.rounds.on_dispute_settled(session, claim, amount, actor)`` when that module
+  provides it (it moves the claim's reserve in its rounds to allocated / released).
+- Every change goes through :func:`claims.lifecycle.transition`: one transaction with the
+  audit event and the victim's notification. Nothing is written when a rule refuses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import exists, func, select, update
+from sqlmodel import Session
+
+from claims import lifecycle
+from claims.audit import Actor
+from claims.db import lock_clause
+from claims.errors import IllegalTransition, InvalidInput, NotFound
+from claims.models import (
+    FLAG_CODES,
+    Case,
+    Claim,
+    ClaimMessage,
+    ClaimStatus,
+    Decision,
+    Document,
+    Flag,
+    LedgerAccount,
+    LedgerEntry,
+    StaffUser,
+    utcnow,
+)
+from claims.money import format_amount
+
+DECISIONS = ("approve", "reject", "request_info")
+_REFERENCE_SHAPE = re.compile(r"[A-Za-z0-9-]{1,64}")
+_CASE_SHAPE = re.compile(r"[a-z0-9][a-z0-9-]{1,63}")
+MAX_OFFSET = 2**31 - 1
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+MAX_REASON = 5000
+# Ledger movements shown beside a claim (oldest first); the count says when there are more.
+MAX_ENTRIES = 2000
+
+
+def _amount(value: int | None) -> str | None:
+    return None if value is None else format_amount(value)
+
+
+def _ts(value) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# ------------------------------------------------------------------ the queue
+
+
+def review_queue(
+    session: Session,
+    *,
+    case_id: str | None = None,
+    status: str | None = None,
+    flag: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """Claims for review, oldest first, filtered by case CODE, status and open flag code:
+    ``{"items": [{"reference", "status", "flags": [{"code", "message"}], "claimed_amount",
+    "recognized_loss", "ledger_account"}], "total"}``. Three queries whatever the page size."""
+    errors = []
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        errors.append({"field": "limit", "message": f"must be 1 to {MAX_LIMIT}"})
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        errors.append({"field": "offset", "message": f"must be 0 to {MAX_OFFSET}"})
+    if status is not None and status not in {s.value for s in ClaimStatus}:
+        errors.append({"field": "status", "message": "must be one of "
+                       + ", ".join(s.value for s in ClaimStatus)})
+    if flag is not None and flag not in FLAG_CODES:
+        errors.append({"field": "flag", "message": "must be one of " + ", ".join(FLAG_CODES)})
+    case_pk = None
+    if case_id is not None and not _CASE_SHAPE.fullmatch(case_id):
+        errors.append({"field": "case_id", "message": "no such case"})
+    elif case_id is not None:
+        case_pk = session.execute(select(Case.id).where(Case.code == case_id)).scalar_one_or_none()
+        if case_pk is None:
+            errors.append({"field": "case_id", "message": "no such case"})
+    if errors:
+        raise InvalidInput(errors)
+
+    conds = []
+    if case_pk is not None:
+        conds.append(Claim.case_id == case_pk)
+    if status is not None:
+        conds.append(Claim.status == status)
+    if flag is not None:
+        conds.append(exists().where(Flag.claim_id == Claim.id, Flag.code == flag,
+                                    Flag.resolved_at.is_(None)))
+    total = session.execute(select(func.count()).select_from(Claim).where(*conds)).scalar_one()
+    rows = session.execute(
+        select(Claim.id, Claim.reference, Claim.status, Claim.claimed_amount,
+               Claim.recognized_loss, LedgerAccount.account_id)
+        .outerjoin(LedgerAccount, LedgerAccount.id == Claim.ledger_account_pk)
+        .where(*conds)
+        .order_by(Claim.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    flags: dict[int, list[dict]] = defaultdict(list)
+    if rows:
+        for claim_id, code, message in session.execute(
+            select(Flag.claim_id, Flag.code, Flag.message)
+            .where(Flag.claim_id.in_([r[0] for r in rows]), Flag.resolved_at.is_(None))
+            .order_by(Flag.claim_id, Flag.id)
+        ):
+            flags[claim_id].append({"code": code, "message": message})
+    items = [
+        {
+            "reference": ref,
+            "status": st,
+            "flags": flags.get(cid, []),
+            "claimed_amount": _amount(claimed),
+            "recognized_loss": _amount(recognized),
+            "ledger_account": account,
+        }
+        for cid, ref, st, claimed, recognized, account in rows
+    ]
+    return {"items": items, "total": total}
+
+
+# ------------------------------------------------------------------ one claim
+
+
+def _claim(session: Session, reference: str, *, lock: bool = False) -> Claim:
+    if not isinstance(reference, str) or not _REFERENCE_SHAPE.fullmatch(reference):
+        raise NotFound(f"no claim {reference!r}")
+    stmt = select(Claim).where(Claim.reference == reference)
+    if lock and lock_clause(session):
+        stmt = stmt.with_for_update()
+    claim = session.execute(stmt).scalar_one_or_none()
+    if claim is None:
+        raise NotFound(f"no claim {reference}")
+    return claim
+
+
+def claim_for_staff(session: Session, reference: str) -> dict[str, Any]:
+    """Everything a caseworker needs about one claim, with the matched ledger account's
+    movements and totals beside it. The IIN only masked."""
+    claim = _claim(session, reference)
+    case_code = session.execute(select(Case.code).where(Case.id == claim.case_id)).scalar_one()
+    flags = session.execute(
+        select(Flag).where(Flag.claim_id == claim.id).order_by(Flag.id)
+    ).scalars().all()
+    decisions = session.execute(
+        select(Decision, StaffUser.username)
+        .outerjoin(StaffUser, StaffUser.id == Decision.staff_id)
+        .where(Decision.claim_id == claim.id)
+        .order_by(Decision.id)
+    ).all()
+    messages = session.execute(
+        select(ClaimMessage).where(ClaimMessage.claim_id == claim.id).order_by(ClaimMessage.id)
+    ).scalars().all()
+    documents = session.execute(
+        select(Document).where(Document.claim_id == claim.id).order_by(Document.created_at,
+                                                                         Document.id)
+    ).scalars().all()
+
+    ledger = None
+    ledger_net_loss = None
+    if claim.ledger_account_pk is not None:
+        account = session.get(LedgerAccount, claim.ledger_account_pk)
+        count = session.execute(
+            select(func.count()).select_from(LedgerEntry)
+            .where(LedgerEntry.account_pk == account.id)
+        ).scalar_one()
+        entries = session.execute(
+            select(LedgerEntry).where(LedgerEntry.account_pk == account.id)
+            .order_by(LedgerEntry.occurred_at, LedgerEntry.id).limit(MAX_ENTRIES)
+        ).scalars().all()
+        ledger_net_loss = max(0, account.deposits - account.withdrawals)
+        ledger = {
+            "account_id": account.account_id,
+            "insider": bool(account.insider),
+            "insider_reason": account.insider_reason,
+            "deposits": format_amount(account.deposits),
+            "withdrawals": format_amount(account.withdrawals),
+            "bonuses": format_amount(account.bonuses),
+            "net_loss": format_amount(ledger_net_loss),
+            "net_winner": account.withdrawals >= account.deposits,
+            "entries_count": count,
+            "entries": [
+                {
+                    "entry_type": e.entry_type,
+                    "amount": format_amount(e.amount),
+                    "occurred_at": _ts(e.occurred_at),
+                    "tx_hash": e.tx_hash,
+                    "wallet": e.wallet,
+                    "email": e.email,
+                    "phone": e.phone,
+                }
+                for e in entries
+            ],
+        }
+    compare_to = claim.recognized_loss if claim.recognized_loss is not None else ledger_net_loss
+    return {
+        "reference": claim.reference,
+        "case_id": case_code,
+        "status": claim.status,
+        "version": claim.version,
+        "full_name": claim.full_name,
+        "iin_masked": claim.iin_masked,
+        "birth_date": claim.birth_date.isoformat(),
+        "date_of_birth": claim.date_of_birth.isoformat() if claim.date_of_birth else None,
+        "email": claim.email,
+        "phone": claim.phone,
+        "language": claim.language,
+        "scheme_account": claim.scheme_account,
+        "evidence_tx_hashes": list(claim.evidence_tx_hashes or []),
+        "payout_network": claim.payout_network,
+        "payout_address": claim.payout_address,
+        "source": claim.source,
+        "match_rule": claim.match_rule,
+        "claimed_amount": format_amount(claim.claimed_amount),
+        "recognized_loss": _amount(claim.recognized_loss),
+        "invested": _amount(claim.invested),
+        "withdrawn": _amount(claim.withdrawn),
+        "ledger_net_loss": _amount(ledger_net_loss),
+        # claimed − recognized (or the ledger's net loss when nothing is recognized yet)
+        "difference": (None if compare_to is None
+                       else format_amount(claim.claimed_amount - compare_to)),
+        "created_at": _ts(claim.created_at),
+        "updated_at": _ts(claim.updated_at),
+        "verified_at": _ts(claim.verified_at),
+        "decided_at": _ts(claim.decided_at),
+        "flags": [
+            {"code": f.code, "message": f.message, "open": f.resolved_at is None,
+             "created_at": _ts(f.created_at), "resolved_at": _ts(f.resolved_at)}
+            for f in flags
+        ],
+        "decisions": [
+            {"decision": d.decision, "reason": d.reason, "recognized_loss": _amount(d.recognized_loss),
+             "overridden_flags": list(d.overridden_flags or []), "staff": username,
+             "created_at": _ts(d.created_at)}
+            for d, username in decisions
+        ],
+        "messages": [
+            {"kind": m.kind, "body": m.body, "amount": _amount(m.amount),
+             "created_at": _ts(m.created_at), "answered_at": _ts(m.answered_at)}
+            for m in messages
+        ],
+        "documents": [
+            {"id": d.id, "content_type": d.content_type, "size": d.size, "sha256": d.sha256,
+             "created_at": _ts(d.created_at)}
+            for d in documents
+        ],
+        "ledger": ledger,
+    }
+
+
+# ------------------------------------------------------------------ decisions
+
+
+def _reason(reason: object) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput([{"field": "reason", "message": "is required: say why"}])
+    reason = reason.strip()
+    if "\x00" in reason:
+        raise InvalidInput([{"field": "reason", "message": "must not contain NUL characters"}])
+    if len(reason) > MAX_REASON:
+        raise InvalidInput([{"field": "reason",
+                             "message": f"must be at most {MAX_REASON} characters"}])
+    return reason
+
+
+def _open_flags(session: Session, claim_id: int) -> list[Flag]:
+    return list(session.execute(
+        select(Flag).where(Flag.claim_id == claim_id, Flag.resolved_at.is_(None))
+        .order_by(Flag.id)
+    ).scalars().all())
+
+
+def _decision_out(d: Decision) -> dict[str, Any]:
+    return {
+        "id": str(d.id),
+        "decision": d.decision,
+        "reason": d.reason,
+        "recognized_loss": _amount(d.recognized_loss),
+        "overridden_flags": list(d.overridden_flags or []),
+        "created_at": _ts(d.created_at),
+    }
+
+
+def decide(
+    session: Session,
+    reference: str,
+    *,
+    decision: str,
+    reason: str,
+    recognized_loss: int | None = None,
+    actor: Actor,
+) -> dict[str, Any]:
+    """A caseworker's decision on a flagged claim (see the module docstring).
+
+    Returns ``{"reference", "status", "decision": {...}}``. Raises ``NotFound``,
+    ``InvalidInput`` (reason, decision, recognized_loss) or ``IllegalTransition``.
+    """
+    if decision not in DECISIONS:
+        raise InvalidInput([{"field": "decision", "message": "must be approve, reject or request_info"}])
+    reason = _reason(reason)
+    if recognized_loss is not None:
+        if isinstance(recognized_loss, bool) or not isinstance(recognized_loss, int) \
+                or recognized_loss < 0:
+            raise InvalidInput([{"field": "recognized_loss", "message": "must be an amount ≥ 0"}])
+        if decision != "approve":
+            raise InvalidInput([{"field": "recognized_loss",
+                                 "message": "only an approval takes an amount"}])
+    claim = _claim(session, reference, lock=True)
+    if claim.status != ClaimStatus.flagged.value:
+        raise IllegalTransition(
+            f"decisions are taken on flagged claims; {claim.reference} is {claim.status}")
+
+    now = utcnow()
+    values: dict[str, Any] = {"decided_at": now}
+    overridden: list[str] = []
+    open_flags: list[Flag] = []
+    if decision == "approve":
+        matched = claim.ledger_account_pk is not None and claim.recognized_loss is not None
+        if recognized_loss is None and not matched:
+            raise InvalidInput([{"field": "recognized_loss", "message":
+                                 "is required to approve a claim without a ledger match"}])
+        if not matched and recognized_loss == 0:
+            raise InvalidInput([{"field": "recognized_loss", "message": "must be greater than 0"}])
+        if recognized_loss is not None:
+            withdrawn = claim.withdrawn if matched and claim.withdrawn is not None else 0
+            values.update(recognized_loss=recognized_loss, withdrawn=withdrawn,
+                          invested=withdrawn + recognized_loss)
+        open_flags = _open_flags(session, claim.id)
+        overridden = sorted({f.code for f in open_flags})
+
+    row = Decision(
+        claim_id=claim.id,
+        staff_id=actor.staff_id,
+        decision=decision,
+        reason=reason,
+        recognized_loss=recognized_loss if decision == "approve" else None,
+        overridden_flags=overridden,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    extra = {"decision": decision, "decision_id": row.id, "reason": reason}
+
+    if decision == "approve":
+        final_loss = values.get("recognized_loss", claim.recognized_loss)
+        lifecycle.transition(
+            session, claim, ClaimStatus.approved, actor=actor, action="claim.approved",
+            notify="approved", notify_context={"recognized_loss": format_amount(final_loss)},
+            values=values, audit_extra={**extra, "overridden_flags": overridden},
+        )
+        if open_flags:
+            session.execute(
+                update(Flag).where(Flag.id.in_([f.id for f in open_flags]))
+                .values(resolved_at=now, decision_id=row.id)
+                .execution_options(synchronize_session=False)
+            )
+    elif decision == "reject":
+        lifecycle.transition(
+            session, claim, ClaimStatus.rejected, actor=actor, action="claim.rejected",
+            notify="rejected", notify_context={"reason": reason}, values=values,
+            audit_extra=extra,
+        )
+    else:
+        session.add(ClaimMessage(claim_id=claim.id, kind="request", body=reason, created_at=now))
+        lifecycle.transition(
+            session, claim, ClaimStatus.needs_info, actor=actor, action="claim.info_requested",
+            notify="needs_info", notify_context={"reason": reason}, values=values,
+            audit_extra=extra,
+        )
+    session.flush()
+    return {"reference": claim.reference, "status": claim.status, "decision": _decision_out(row)}
+
+
+def _rounds_hook():
+    """``claims.rounds.on_dispute_settled`` when that module exists (it is optional here)."""
+    try:
+        module = importlib.import_module("claims.rounds")
+    except ModuleNotFoundError as exc:
+        if exc.name == "claims.rounds":
+            return None
+        raise
+    return getattr(module, "on_dispute_settled", None)
+
+
+def settle(
+    session: Session, reference: str, *, amount: int, reason: str, actor: Actor
+) -> dict[str, Any]:
+    """Settle a disputed claim at ``amount`` (micro-USDT): ``disputed`` → ``approved`` with
+    ``recognized_loss = amount`` (``invested = withdrawn + amount``), a ``settle`` decision,
+    a ``settlement`` message, the victim told (``dispute_settled``), and the rounds hook."""
+    reason = _reason(reason)
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        raise InvalidInput([{"field": "amount", "message": "must be an amount ≥ 0"}])
+    claim = _claim(session, reference, lock=True)
+    if claim.status != ClaimStatus.disputed.value:
+        raise IllegalTransition(
+            f"only a disputed claim can be settled; {claim.reference} is {claim.status}")
+    now = utcnow()
+    withdrawn = claim.withdrawn or 0
+    row = Decision(claim_id=claim.id, staff_id=actor.staff_id, decision="settle", reason=reason,
+                   recognized_loss=amount, overridden_flags=[], created_at=now)
+    session.add(row)
+    session.add(ClaimMessage(claim_id=claim.id, kind="settlement", body=reason, amount=amount,
+                             created_at=now))
+    session.flush()
+    session.execute(
+        update(ClaimMessage)
+        .where(ClaimMessage.claim_id == claim.id, ClaimMessage.kind == "dispute",
+               ClaimMessage.answered_at.is_(None))
+        .values(answered_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    lifecycle.transition(
+        session, claim, ClaimStatus.approved, actor=actor, action="claim.dispute_settled",
+        notify="dispute_settled",
+        notify_context={"recognized_loss": format_amount(amount), "reason": reason},
+        values={"recognized_loss": amount, "invested": withdrawn + amount,
+                "withdrawn": withdrawn, "decided_at": now},
+        audit_extra={"decision": "settle", "decision_id": row.id, "reason": reason},
+    )
+    hook = _rounds_hook()
+    if hook is not None:
+        hook(session, claim, amount, actor)
+    session.flush()
+    return {"reference": claim.reference, "status": claim.status, "decision": _decision_out(row)}

@@ -1,0 +1,70 @@
+"""``restitution verify CODE`` — verify a case's pending claims against its ledger.
+
+Runs the Prefect flow ``verify-claims`` (flows/verify.py) and returns when none of the case's
+claims is ``submitted`` or ``verifying``. Without ``PREFECT_API_URL`` Prefect starts a
+temporary local server for the run (≈ 10–20 s, once per command); ``--direct`` runs the same
+batches without Prefect. When nothing is pending, no flow is started.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import domain_errors, print_json
+
+_LABELS = {
+    "verified": "verified",
+    "approved": "approved by rule",
+    "flagged": "flagged for review",
+    "reflagged": "earlier approved claims back in review (new duplicate)",
+    "flags_added": "flags added to claims already in review",
+}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        code: str = typer.Argument(..., help="The case CODE."),
+        batch_size: int = typer.Option(5000, "--batch-size", min=1, max=50_000,
+                                       help="Claims per batch (one Prefect task run each)."),
+        direct: bool = typer.Option(False, "--direct", help="Run the batches without Prefect."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Verify the case's pending claims (flow verify-claims); wait until none is pending."""
+        from claims.cases import get_case_by_code
+        from claims.db import session_scope
+        from claims.verification import empty_counts, pending_claim_ids
+
+        with domain_errors():
+            with session_scope(write=False) as s:
+                case_id = get_case_by_code(s, code).id
+                pending = bool(pending_claim_ids(s, case_id))
+            if not pending:
+                counts = {**empty_counts(), "batches": 0, "rounds": 0}
+            elif direct:
+                from claims.verification import run_verification
+
+                counts = run_verification(code, batch_size=batch_size)
+            else:
+                from flows import configure_prefect
+
+                configure_prefect()
+                from flows.verify import verify_claims
+
+                counts = verify_claims(code, batch_size=batch_size)
+        with session_scope(write=False) as s:
+            left = len(pending_claim_ids(s, case_id))
+        counts.pop("ids", None)
+        out = {"case": code, **counts, "pending": left}
+        if json_out:
+            print_json(out)
+            return
+        typer.echo(f"case {code}: " + ", ".join(
+            f"{counts[k]} {label}" for k, label in _LABELS.items() if k == "verified" or counts[k]
+        ))
+        for title, key in (("match rules", "match_rules"), ("flags", "flags")):
+            if counts[key]:
+                typer.echo(f"{title}: " + ", ".join(
+                    f"{name} {n}" for name, n in sorted(counts[key].items())))
+        if left:
+            typer.echo(f"{left} claims still pending (filed during the run?)")

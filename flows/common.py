@@ -1,0 +1,68 @@
+"""What the flows share: batching by id ranges, and the artifacts a person watches.
+
+A Prefect task run costs ≈ 10–15 ms and the ephemeral server tires after a few thousand of
+them (PREFECT-NOTES.md): flows cut their work into batches of 1k–10k ids, pass ``(first,
+last)`` id ranges or id lists to one task per batch, and return counts, never rows.
+"""
+
+from __future__ import annotations
+
+from flows import configure_prefect
+
+configure_prefect()
+
+from collections.abc import Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+from uuid import UUID  # noqa: E402
+
+from claims.verification import id_ranges  # noqa: E402,F401  (re-exported for every flow)
+
+__all__ = ["Progress", "counts_rows", "id_ranges"]
+
+
+class Progress:
+    """A Prefect progress artifact (0–100 %) kept up to date while a flow runs.
+
+    Create it inside a flow run; ``update(done, total)`` after every batch. The artifact is
+    a convenience for whoever watches the UI: if Prefect refuses it, the flow goes on.
+    """
+
+    def __init__(self, key: str, description: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.description = description
+        self.id: UUID | None = None
+        self._last = -1.0
+        try:
+            self.id = create_progress_artifact(progress=0.0, key=key, description=description)
+        except Exception:  # pragma: no cover - a UI nicety must not fail the work
+            self.id = None
+
+    def update(self, done: int, total: int, *_: Any) -> None:
+        if self.id is None or total <= 0:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        pct = round(100.0 * min(done, total) / total, 1)  # a percentage, not money
+        if pct == self._last:
+            return
+        self._last = pct
+        try:
+            update_progress_artifact(artifact_id=self.id, progress=pct)
+        except Exception:  # pragma: no cover
+            pass
+
+
+def counts_rows(counts: Mapping[str, Any], *, sections: Mapping[str, str]) -> list[dict]:
+    """Counts as table rows ``{"kind", "name", "claims"}`` for ``create_table_artifact``:
+    plain integer counts first (kind ``outcome``), then each nested dict named in
+    ``sections`` (dict key → kind), sorted by name."""
+    rows = [
+        {"kind": "outcome", "name": k, "claims": v}
+        for k, v in counts.items()
+        if isinstance(v, int) and not isinstance(v, bool)
+    ]
+    for key, kind in sections.items():
+        for name, n in sorted((counts.get(key) or {}).items()):
+            rows.append({"kind": kind, "name": name, "claims": n})
+    return rows

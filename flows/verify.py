@@ -1,0 +1,73 @@
+"""Prefect flow ``verify_claims``: a case's pending claims verified in batches.
+
+The rules are :mod:`claims.verification`'s; this module only orchestrates them. The run is
+the one :func:`claims.verification.run_verification` drives — match every pending claim
+batch by batch, then decide them batch by batch, again until no claim of the case is
+``submitted`` or ``verifying`` — with each batch step a Prefect task run (one transaction
+each; ``NO_CACHE``: the database is the source of truth; one retry, safe because a batch
+re-reads which of its claims are still pending). Tasks run one after the other: SQLite has
+one writer, and each batch is already bulk SQL.
+
+While it runs, a progress artifact (``verify-CODE``) shows the share of batch steps done; at
+the end a table artifact (``verify-CODE-counts``) gives the counts by outcome, match rule and
+flag. :func:`run_verification` is the same run without Prefect (bench, ``--direct``).
+"""
+
+from __future__ import annotations
+
+from flows import configure_prefect
+
+configure_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from claims import verification  # noqa: E402
+from claims.db import get_engine, session_scope  # noqa: E402
+from claims.verification import run_verification  # noqa: E402,F401  (the no-Prefect path)
+from flows.common import Progress, counts_rows  # noqa: E402
+
+__all__ = ["decide_claims_batch", "match_claims_batch", "run_verification", "verify_claims"]
+
+SECTIONS = {"match_rules": "match rule", "flags": "flag"}
+
+
+@task(name="verify-match-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def match_claims_batch(case_id: int, lo: int, hi: int) -> dict:
+    """Step 1 on the case's pending claims with ids ``lo..hi``; the counts carry their ``ids``."""
+    with session_scope(get_engine()) as session:
+        return verification.match_range(session, case_id, lo, hi)
+
+
+@task(name="verify-decide-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def decide_claims_batch(case_id: int, ids: list[int]) -> dict:
+    """Step 2 on the claims matched by one step-1 batch."""
+    with session_scope(get_engine()) as session:
+        return verification.decide_ids(session, case_id, ids)
+
+
+@flow(name="verify-claims", log_prints=False)
+def verify_claims(case_code: str, batch_size: int = 5000) -> dict:
+    """Verify every pending claim of case ``case_code``; returns the counts (see
+    :func:`claims.verification.empty_counts`, plus ``batches`` and ``rounds``)."""
+    progress = Progress(
+        key=f"verify-{case_code}", description=f"Verification of case {case_code}: batch steps done"
+    )
+    counts = verification.run_verification(
+        case_code,
+        batch_size=batch_size,
+        match=match_claims_batch,
+        decide=decide_claims_batch,
+        on_progress=progress.update,
+    )
+    progress.update(1, 1)
+    create_table_artifact(
+        table=counts_rows(counts, sections=SECTIONS),
+        key=f"verify-{case_code}-counts",
+        description=(
+            f"Verification of case {case_code}: {counts['verified']} claims verified, "
+            f"{counts['approved']} approved by rule, {counts['flagged']} flagged for review"
+        ),
+    )
+    return counts

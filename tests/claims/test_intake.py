@@ -1,0 +1,188 @@
+"""claims/intake.py and claims/idempotency.py without HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from fractions import Fraction
+
+import pytest
+from sqlalchemy import select
+
+from claims import intake
+from claims.errors import DuplicateClaim, InvalidInput, NotFound
+from claims.validators import make_iin, make_tron_address
+
+CASE = "unit-case"
+BIRTH = dt.date(1991, 2, 3)
+
+
+def data(n: int = 1, **over) -> dict:
+    d = {
+        "case_id": CASE, "full_name": f"Name {n}", "iin": make_iin(BIRTH, "female", n),
+        "email": f"u{n}@example.kz", "phone": "+77010000000", "language": "en",
+        "claimed_amount": "10.000001", "payout_network": "tron",
+        "payout_address": make_tron_address(bytes([n]) * 20), "consent": True,
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture
+def case(engine):
+    from claims.cases import create_case
+    from claims.db import session_scope
+
+    with session_scope(engine) as s:
+        create_case(s, CASE, "Unit")
+    return CASE
+
+
+def test_references_are_crockford_base32_and_random():
+    refs = {intake.new_reference() for _ in range(2000)}
+    assert len(refs) == 2000
+    assert all(re.fullmatch(r"KZR-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}", r) for r in refs)
+    # Every symbol of the alphabet shows up: the 40 random bits are spread over 8 characters.
+    assert set("".join(r[4:8] + r[9:] for r in refs)) == set(intake.CROCKFORD)
+
+
+@pytest.mark.parametrize("typed, canonical", [
+    ("KZR-AB12-CD34", "KZR-AB12-CD34"),
+    ("  kzr-ab12-cd34 ", "KZR-AB12-CD34"),
+    ("KZR-ABI2-CDO4", "KZR-AB12-CD04"),
+    ("KZR-ABL2-CD34", "KZR-AB12-CD34"),
+    ("KZR-AB12-CD3U", None),
+    ("KZR-AB12CD34", None),
+    ("XYZ-AB12-CD34", None),
+    (None, None),
+    (12, None),
+])
+def test_normalize_reference(typed, canonical):
+    assert intake.normalize_reference(typed) == canonical
+
+
+def test_prepare_hashes_encrypts_and_masks_the_iin():
+    from claims import crypto
+
+    d = data(1, unknown_field="ignored")
+    p = intake.prepare(d)
+    assert p.case_code == CASE and p.warnings == []
+    v = p.values
+    assert v["iin_hash"] == crypto.iin_hash(d["iin"]) and crypto.decrypt(v["iin_encrypted"]) == d["iin"]
+    assert v["iin_masked"].endswith(d["iin"][-4:]) and "******" in v["iin_masked"]
+    assert "iin" not in v and "unknown_field" not in v
+    assert v["claimed_amount"] == 10_000_001 and v["birth_date"] == BIRTH
+    assert d["iin"] not in json.dumps({k: x for k, x in v.items() if isinstance(x, (str, int, list))})
+
+
+def test_prepare_lists_every_bad_field():
+    with pytest.raises(InvalidInput) as e:
+        intake.prepare(data(1, iin="1", email="@", claimed_amount=10, consent=None))
+    assert [x["field"] for x in e.value.errors] == ["iin", "email", "claimed_amount", "consent"]
+    with pytest.raises(InvalidInput) as e:
+        intake.prepare(["not", "a", "mapping"])  # type: ignore[arg-type]
+    assert e.value.errors[0]["field"] == "body"
+
+
+def test_file_claim_and_duplicates(case, engine):
+    from claims.db import session_scope
+    from claims.models import AuditEvent, Claim
+
+    filed = intake.file_claim_tx(intake.prepare(data(1)))
+    assert filed.response()["status"] == "submitted"
+    with pytest.raises(DuplicateClaim) as e:
+        intake.file_claim_tx(intake.prepare(data(1, email="other@example.kz")))
+    assert filed.reference not in str(e.value.detail)
+    with session_scope(engine, write=False) as s:
+        assert s.execute(select(Claim.reference)).scalars().all() == [filed.reference]
+        trail = json.dumps([e.after for e in s.execute(select(AuditEvent)).scalars()])
+        assert data(1)["iin"] not in trail
+
+
+def test_file_claim_retries_a_reference_collision(case, engine, monkeypatch):
+    first = intake.file_claim_tx(intake.prepare(data(1)))
+    refs = iter([first.reference, first.reference, "KZR-0000-0001"])
+    monkeypatch.setattr(intake, "new_reference", lambda: next(refs))
+    second = intake.file_claim_tx(intake.prepare(data(2)))
+    assert second.reference == "KZR-0000-0001"
+
+
+def test_file_many_refuses_duplicates_in_the_batch_and_the_database(case, engine):
+    from claims.db import session_scope
+    from claims.models import Notification
+
+    intake.file_claim_tx(intake.prepare(data(1)))
+    batch = [intake.prepare(data(n)) for n in (1, 2, 3, 2)]
+    with session_scope(engine) as s:
+        results = intake.file_many(s, intake.open_case(s, CASE), batch)
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["DuplicateClaim", "Filed", "Filed", "DuplicateClaim"]
+    with session_scope(engine, write=False) as s:
+        assert len(s.execute(select(Notification)).scalars().all()) == 3
+
+
+def test_find_claim_gives_the_same_not_found(case, engine):
+    from claims.db import session_scope
+
+    filed = intake.file_claim_tx(intake.prepare(data(1)))
+    with session_scope(engine, write=False) as s:
+        assert intake.find_claim(s, filed.reference.lower(), filed.access_token).reference == filed.reference
+        messages = set()
+        for ref, tok in [(filed.reference, "x"), (filed.reference, None), ("KZR-0000-0000", filed.access_token),
+                         ("garbage", filed.access_token), (filed.reference, "y" * 10_000)]:
+            with pytest.raises(NotFound) as e:
+                intake.find_claim(s, ref, tok)
+            messages.add(e.value.detail)
+        assert len(messages) == 1
+
+
+def test_reset_token_with_unknown_reference_changes_nothing(case, engine):
+    from claims.db import session_scope
+
+    filed = intake.file_claim_tx(intake.prepare(data(1)))
+    with session_scope(engine) as s:
+        assert intake.reset_token(s, "KZR-0000-0000", "u1@example.kz") is False
+        assert intake.reset_token(s, filed.reference, None) is False
+        assert intake.reset_token(s, filed.reference, " U1@example.kz ".strip()) is True
+
+
+@pytest.mark.parametrize("network, chain, tx, url", [
+    ("tron", None, "ab" * 32, "https://tronscan.org/#/transaction/" + "ab" * 32),
+    ("ethereum", 1, "0x" + "cd" * 32, "https://etherscan.io/tx/0x" + "cd" * 32),
+    ("ethereum", 131277322940537, "0x" + "cd" * 32, None),  # the in-process test chain
+    ("tron", None, None, None),
+])
+def test_explorer_links(network, chain, tx, url):
+    assert intake.explorer_url(network, chain, tx) == url
+
+
+def test_timeline_events_are_codes_not_flags():
+    ev = intake._timeline_event
+    assert ev("claim.filed", None, {"status": "submitted"}) == "filed"
+    assert ev("claim.verified", {"status": "verifying"}, {"status": "flagged", "flags": ["net_winner"]}) == "status_flagged"
+    assert ev("claim.dispute_settled", {"status": "disputed"}, {"status": "approved"}) == "dispute_settled"
+    assert ev("claim.whatever", {"status": "disputed"}, {"status": "approved"}) == "dispute_settled"
+    assert ev("claim.touch", {"claimed_amount": 1}, {"claimed_amount": 2}) is None
+
+
+def test_rate_percent():
+    assert intake._rate_percent("1/4") == "25"
+    assert intake._rate_percent(f"{Fraction(430, 1900).numerator}/{Fraction(430, 1900).denominator}") == "22.6316"
+    assert intake._rate_percent("garbage") == "0"
+
+
+def test_idempotency_hash_is_canonical_and_keyed(monkeypatch):
+    from claims import idempotency
+    from claims.settings import reset_settings
+
+    a = idempotency.request_hash({"b": 1, "a": [1, 2]})
+    assert a == idempotency.request_hash({"a": [1, 2], "b": 1})
+    assert a != idempotency.request_hash({"a": [2, 1], "b": 1})
+    monkeypatch.setenv("RESTITUTION_SECRET_KEY", "another-secret-key-0123456789abcdef0123456789")
+    reset_settings()
+    try:
+        assert idempotency.request_hash({"b": 1, "a": [1, 2]}) != a
+    finally:
+        monkeypatch.undo()
+        reset_settings()
