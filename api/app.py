@@ -15,7 +15,9 @@ ROUTERS = [
     "api.routes.auth",
     "api.routes.review",
     "api.routes.rounds",
+    "api.routes.payouts",
     "api.pages.reports",
+    "api.pages.staff",
 ]
 
 

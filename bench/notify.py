@@ -145,8 +145,19 @@ def _server_main(port: int, ready: mp.Event, stop: mp.Event, out: mp.Queue) -> N
     import asyncio
     import logging
 
+    import aiosmtpd.smtp
     from aiosmtpd.smtp import SMTP
 
+    class _Quiet:  # the bench server logs nothing: aiosmtpd calls log.debug for every line
+        def _skip(self, *args: object, **kwargs: object) -> None:
+            return None
+
+        debug = info = warning = error = exception = _skip
+
+        def isEnabledFor(self, level: int) -> bool:  # noqa: N802
+            return False
+
+    aiosmtpd.smtp.log = _Quiet()  # type: ignore[assignment]
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
     class Counting:

@@ -43,7 +43,7 @@ Complexity, n claims:
   the rate at which the flatter line passes under; those rates wait in a heap) gives O(1) per
   removal plus O(log c) per crossing actually passed, and crossings are rare in practice
   (shares from one earlier round are nearly parallel lines). Crossings are O(c²) in theory,
-  so after 32 units of work per candidate it hands over to a kinetic tournament tree (each
+  so once they outnumber removals two to one it hands over to a kinetic tournament tree (each
   node keeps the winner at the current rate and the rate at which that stops being true):
   O(log c) per removal or insertion plus O(log c) per certificate failure, and a node's winner
   only moves along the lower envelope of its subtree's lines, so failures are O(c log c).
@@ -82,8 +82,9 @@ _SELECT_CUTOFF = 2048
 # De minimis queue: "list" (kinetic sorted list, falling back to the tournament after
 # _LIST_BUDGET units of work per candidate) or "tournament" (tests force each).
 _QUEUE = "list"
-_LIST_BUDGET = 32
-_LIST_BUDGET_BASE = 1024
+_LIST_BUDGET = 2  # swaps / insertion steps allowed per removal (plus the base) ...
+_LIST_BUDGET_BASE = 4096  # ... before the list hands over to the tournament
+_LIST_WALK = 64  # longest insertion walk before the list gives up
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,8 +643,9 @@ class _KineticList:
     at the new rate, so any order of processing ends sorted — and re-certifies the two new
     neighbours. The smallest share is the head and removing it is O(1), which is what makes the
     common case (few crossings: shares of one earlier round's claims are nearly parallel) fast.
-    Crossings can be quadratic in theory, so after ``_LIST_BUDGET`` × candidates units of work
-    (swaps and insertion steps) the caller switches to the tournament tree.
+    Crossings can be quadratic in theory, so once swaps and insertion steps exceed
+    ``_LIST_BUDGET`` per removal (plus a base), or one insertion walks too far, the caller
+    switches to the tournament tree.
 
     Heap entries are ``(float rate, seq, num, den, incl, u, v)``; the float only orders the
     heap (fl is monotone, so every entry whose exact rate is reached has fl ≤ fl(r)); the
@@ -665,7 +667,8 @@ class _KineticList:
         heapify(self.heap)
         self.size = len(order)
         self.work = 0
-        self.budget = _LIST_BUDGET * len(order) + _LIST_BUDGET_BASE
+        self.deleted = 0
+        self.pending: list[int] = []  # inserted after giving up: go to the tournament
 
     def _cert(self, u: int, v: int, push: bool = True) -> None:
         b = self.b
@@ -689,6 +692,7 @@ class _KineticList:
         if w is not None:
             del self.prv[w]
         self.size -= 1
+        self.deleted += 1
 
     def advance(self, N: int, D: int) -> None:
         self.N, self.D = N, D
@@ -733,15 +737,25 @@ class _KineticList:
         # (v, u) needs none: v is the flatter line, u never passes under it again.
 
     def insert(self, i: int) -> None:
+        """Place a newly active candidate by walking from the head (a fresh line's share is
+        usually among the smallest); a long walk hands everything over to the tournament."""
+        if self.pending:
+            self.pending.append(i)
+            return
         N, D, b, a, ids, nxt = self.N, self.D, self.b, self.a, self.ids, self.nxt
         si = N * b[i] - a[i] * D
         prev, x = None, self.head
+        steps = 0
         while x is not None:
             sx = N * b[x] - a[x] * D
             if si < sx or (si == sx and ids[i] < ids[x]):
                 break
             prev, x = x, nxt.get(x)
-            self.work += 1
+            steps += 1
+            if steps > _LIST_WALK:
+                self.pending.append(i)
+                return
+        self.work += steps
         if prev is None:
             self.head = i
         else:
@@ -753,10 +767,11 @@ class _KineticList:
             self.prv[x] = i
             self._cert(i, x)
         self.size += 1
-        self.budget += _LIST_BUDGET
 
     def over_budget(self) -> bool:
-        return self.work > self.budget
+        # Worth it while crossings stay rare next to removals; otherwise the tournament's
+        # O(log c) per removal is cheaper. Keeps the list's own work O(k + base).
+        return bool(self.pending) or self.work > _LIST_BUDGET * self.deleted + _LIST_BUDGET_BASE
 
     def to_tournament(self) -> _KineticTournament:
         live = []
@@ -764,7 +779,7 @@ class _KineticList:
         while x is not None:
             live.append(x)
             x = self.nxt.get(x)
-        return _KineticTournament(self.ids, self.b, self.a, live, self.N, self.D)
+        return _KineticTournament(self.ids, self.b, self.a, live + self.pending, self.N, self.D)
 
 
 class _KineticTournament:

@@ -73,7 +73,9 @@ def add_blocked(
     if not clean_reason:
         errors.append({"field": "reason", "message": "is required: say why it is blocked"})
     elif len(clean_reason) > MAX_REASON_LEN:
-        errors.append({"field": "reason", "message": f"must be at most {MAX_REASON_LEN} characters"})
+        errors.append(
+            {"field": "reason", "message": f"must be at most {MAX_REASON_LEN} characters"}
+        )
     if errors:
         raise InvalidInput(errors)
     key = normalize_address_key(network, canonical)

@@ -384,8 +384,10 @@ class Payout(SQLModel, table=True):
     state: str = Field(default=PayoutState.pending.value, sa_type=String(16))
     attempt: int = 1
     tx_id: str | None = Field(default=None, sa_type=String(128))
-    chain_tx_id: int | None = Field(default=None, sa_type=BigInteger, foreign_key="chain_tx.id")
-    chain_id: int | None = None
+    chain_tx_id: int | None = Field(
+        default=None, sa_type=BigInteger, foreign_key="chain_tx.id", index=True
+    )
+    chain_id: int | None = Field(default=None, sa_type=BigInteger)  # eth-tester's > 2**31
     genesis_hash: str | None = Field(default=None, sa_type=String(80))
     gas_used: int | None = Field(default=None, sa_type=BigInteger)
     fee_wei: int | None = Field(default=None, sa_type=BigInteger)
@@ -401,10 +403,11 @@ class ChainTx(SQLModel, table=True):
     """A signed transaction (one transfer or one disperse batch), committed before broadcast."""
 
     __tablename__ = "chain_tx"
-    __table_args__ = (UniqueConstraint("chain_id", "sender", "nonce"),)
+    # The genesis hash too: two in-process test chains share a chain id (and the test key).
+    __table_args__ = (UniqueConstraint("chain_id", "genesis_hash", "sender", "nonce"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     round_id: int = Field(foreign_key="distribution_round.id", index=True)
-    chain_id: int
+    chain_id: int = Field(sa_type=BigInteger)
     genesis_hash: str = Field(sa_type=String(80))
     sender: str = Field(sa_type=String(64))
     nonce: int = Field(sa_type=BigInteger)

@@ -392,7 +392,7 @@ def decide(
         session.add(ClaimMessage(claim_id=claim.id, kind="request", body=reason, created_at=now))
         lifecycle.transition(
             session, claim, ClaimStatus.needs_info, actor=actor, action="claim.info_requested",
-            notify="needs_info", notify_context={"reason": reason}, values=values,
+            notify="needs_info", notify_context={"request": reason}, values=values,
             audit_extra=extra,
         )
     session.flush()
@@ -441,7 +441,7 @@ def settle(
     lifecycle.transition(
         session, claim, ClaimStatus.approved, actor=actor, action="claim.dispute_settled",
         notify="dispute_settled",
-        notify_context={"recognized_loss": format_amount(amount), "reason": reason},
+        notify_context={"amount": format_amount(amount), "reason": reason},
         values={"recognized_loss": amount, "invested": withdrawn + amount,
                 "withdrawn": withdrawn, "decided_at": now},
         audit_extra={"decision": "settle", "decision_id": row.id, "reason": reason},

@@ -228,7 +228,8 @@ def _set(obj: Claim, **values) -> None:
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection during one batch: a batch allocates tens of thousands of
     short-lived objects (ORM rows, audit dicts) and the collector's passes over them cost
-    10–20 % of the time. Nothing of the batch is cyclic garbage; the state is restored."""
+    10–20 % of the time. Whatever cyclic garbage there is gets collected after the batch;
+    the collector's previous state is restored."""
     was = gc.isenabled()
     gc.disable()
     try:

@@ -34,7 +34,8 @@ class _Bar:
         )
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rows]:>12,} rows"),
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.fields[rows]:>12,} rows"),
             TimeElapsedColumn(), TimeRemainingColumn(),
             console=Console(stderr=True), transient=False,
         )

@@ -20,15 +20,19 @@ app = typer.Typer(
 
 # Order is the order of `restitution --help`.
 _MODULES = [
+    "cli.demo",
     "cli.serve",
-    "cli.claims_cmd",
-    "cli.plan",
+    "cli.worker",
     "cli.cases",
     "cli.ledger",
     "cli.blocked",
     "cli.users",
+    "cli.claims_cmd",
     "cli.verify",
     "cli.rounds",
+    "cli.payouts",
+    "cli.plan",
+    "cli.notify",
     "cli.audit_cmd",
 ]
 

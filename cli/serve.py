@@ -65,6 +65,8 @@ def serve(
                                                      "--forwarded-allow-ips.")] = False,
     forwarded_allow_ips: Annotated[str, typer.Option(help="Proxies trusted for "
                                                           "X-Forwarded-For.")] = "127.0.0.1",
+    timeout_keep_alive: Annotated[int, typer.Option(help="Seconds an idle keep-alive "
+                                                         "connection stays open.")] = 5,
 ) -> None:
     """The API, the web pages and background processing."""
     import uvicorn
@@ -84,6 +86,7 @@ def serve(
             log_level=log_level,
             proxy_headers=proxy_headers,
             forwarded_allow_ips=forwarded_allow_ips,
+            timeout_keep_alive=timeout_keep_alive,
             server_header=False,
         )
     finally:

@@ -603,10 +603,7 @@ def _sendmail(conn: smtplib.SMTP, sender: str, rcpts: list[str], data: bytes, op
         opts = "".join(" " + o for o in extra)
     code, resp = conn.docmd("MAIL", f"FROM:<{sender}>{opts}")
     if code != 250:
-        if code == 421:
-            conn.close()
-        else:
-            conn.rset()
+        _end_transaction(conn, code)
         raise smtplib.SMTPSenderRefused(code, resp, sender)
     refused: dict[str, tuple[int, bytes]] = {}
     for rcpt in rcpts:
@@ -617,16 +614,28 @@ def _sendmail(conn: smtplib.SMTP, sender: str, rcpts: list[str], data: bytes, op
             conn.close()
             raise smtplib.SMTPRecipientsRefused(refused)
     if len(refused) == len(rcpts):
-        conn.rset()
+        _end_transaction(conn, 0)
         raise smtplib.SMTPRecipientsRefused(refused)
-    code, resp = conn.data(data)
+    try:
+        code, resp = conn.data(data)
+    except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+        _end_transaction(conn, exc.smtp_code)
+        raise
     if code != 250:
-        if code == 421:
-            conn.close()
-        else:
-            conn.rset()
+        _end_transaction(conn, code)
         raise smtplib.SMTPDataError(code, resp)
     return refused
+
+
+def _end_transaction(conn: smtplib.SMTP, code: int) -> None:
+    """After a refusal: 421 means the server is closing; otherwise RSET for the next message."""
+    if code == 421:
+        conn.close()
+        return
+    try:
+        conn.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
 
 
 def _close(conn: smtplib.SMTP) -> None:

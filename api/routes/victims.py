@@ -245,19 +245,23 @@ def json_shape_errors(data: Mapping[str, Any]) -> list[dict[str, str]]:
     return errors
 
 
-def prepare_with_case(data: Mapping[str, Any]) -> intake.Prepared:
-    """:func:`intake.prepare`, and when it fails, the case's problem listed with the rest
-    (every bad field at once)."""
+def check_body(data: Mapping[str, Any]) -> tuple[intake.Prepared | None, list[dict[str, str]]]:
+    """Validate a filing without the database: ``(prepared, [])`` or ``(None, errors)``."""
     shape = json_shape_errors(data)
     try:
         prepared = intake.prepare(data)
         errors: list[dict[str, str]] = []
     except InvalidInput as exc:
-        errors = list(exc.errors)
-    if not errors and not shape:
-        return prepared
+        prepared, errors = None, list(exc.errors)
+    if not shape:
+        return prepared, errors
     named = {e["field"] for e in shape}
-    errors = [e for e in errors if e["field"] not in named] + shape
+    return None, [e for e in errors if e["field"] not in named] + shape
+
+
+def refusal(data: Mapping[str, Any], errors: list[dict[str, str]]) -> InvalidInput:
+    """The 422 for ``errors``, with the case's problem listed too (one database read)."""
+    errors = list(errors)
     if not any(e["field"] == "case_id" for e in errors):
         with session_scope(write=False) as s:
             problem = intake.case_problem(s, data.get("case_id"))
@@ -265,12 +269,23 @@ def prepare_with_case(data: Mapping[str, Any]) -> intake.Prepared:
             errors.insert(0, problem)
     order = {f: i for i, f in enumerate(intake.CLAIM_FIELDS)}
     errors.sort(key=lambda e: order.get(e["field"], len(order)))
-    raise InvalidInput(errors)
+    return InvalidInput(errors)
 
 
-def file_claim(data: dict[str, Any], key: str | None) -> dict[str, Any]:
+def prepare_with_case(data: Mapping[str, Any]) -> intake.Prepared:
+    """:func:`intake.prepare`, and when it fails, the case's problem listed with the rest
+    (every bad field at once)."""
+    prepared, errors = check_body(data)
+    if errors:
+        raise refusal(data, errors)
+    assert prepared is not None
+    return prepared
+
+
+def file_claim(data: dict[str, Any], key: str | None,
+               prepared: intake.Prepared | None = None) -> dict[str, Any]:
     """The whole filing (blocking; run in a worker thread). Returns the 201 body."""
-    prepared = prepare_with_case(data)
+    prepared = prepared or prepare_with_case(data)
     engine = get_engine()
     committer = intake.group_commit(engine)
     if key is None:
@@ -331,7 +346,15 @@ async def post_claim(
     ] = None,
 ) -> JSONResponse:
     data = parse_json_object(await request.body())
-    body = await run_in_threadpool(file_claim, data, idempotency_key)
+    # Validation is pure CPU work: it runs on the event loop (a worker thread would only add
+    # a hand-off under the GIL). The claim is written by the process's group-commit writer.
+    prepared, errors = check_body(data)
+    if errors:
+        raise await run_in_threadpool(refusal, data, errors)
+    if idempotency_key is None:
+        filed = await intake.group_commit(get_engine()).file_async(prepared)
+        return _json(filed.response(), 201)
+    body = await run_in_threadpool(file_claim, data, idempotency_key, prepared)
     return _json(body, 201)
 
 

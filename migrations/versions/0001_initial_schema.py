@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 01:50:34.438566
+Create Date: 2026-11-25 02:36:24.316426
 """
 from typing import Sequence, Union
 
@@ -141,7 +141,7 @@ def upgrade() -> None:
     op.create_table('chain_tx',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('round_id', sa.Integer(), nullable=False),
-    sa.Column('chain_id', sa.Integer(), nullable=False),
+    sa.Column('chain_id', sa.BigInteger(), nullable=False),
     sa.Column('genesis_hash', sa.String(length=80), nullable=False),
     sa.Column('sender', sa.String(length=64), nullable=False),
     sa.Column('nonce', sa.BigInteger(), nullable=False),
@@ -156,7 +156,7 @@ def upgrade() -> None:
     sa.Column('updated_at', claims.models.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['round_id'], ['distribution_round.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('chain_id', 'sender', 'nonce'),
+    sa.UniqueConstraint('chain_id', 'genesis_hash', 'sender', 'nonce'),
     sa.UniqueConstraint('tx_hash')
     )
     with op.batch_alter_table('chain_tx', schema=None) as batch_op:
@@ -395,7 +395,7 @@ def upgrade() -> None:
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('tx_id', sa.String(length=128), nullable=True),
     sa.Column('chain_tx_id', sa.BigInteger(), nullable=True),
-    sa.Column('chain_id', sa.Integer(), nullable=True),
+    sa.Column('chain_id', sa.BigInteger(), nullable=True),
     sa.Column('genesis_hash', sa.String(length=80), nullable=True),
     sa.Column('gas_used', sa.BigInteger(), nullable=True),
     sa.Column('fee_wei', sa.BigInteger(), nullable=True),
@@ -414,6 +414,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('round_id', 'claim_id')
     )
     with op.batch_alter_table('payout', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_payout_chain_tx_id'), ['chain_tx_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_payout_claim_id'), ['claim_id'], unique=False)
         batch_op.create_index('ix_payout_round_state', ['round_id', 'state'], unique=False)
 
@@ -466,6 +467,7 @@ def downgrade() -> None:
     with op.batch_alter_table('payout', schema=None) as batch_op:
         batch_op.drop_index('ix_payout_round_state')
         batch_op.drop_index(batch_op.f('ix_payout_claim_id'))
+        batch_op.drop_index(batch_op.f('ix_payout_chain_tx_id'))
 
     op.drop_table('payout')
     with op.batch_alter_table('notification', schema=None) as batch_op:

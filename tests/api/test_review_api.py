@@ -353,7 +353,7 @@ def test_request_info_asks_the_victim(client, make_staff, filed_claim, engine):
         ev = s.execute(select(AuditEvent).where(AuditEvent.subject_id == fc.reference)).scalar_one()
     assert (msg.kind, msg.body, msg.claim_id) == ("request", "Please upload the bank transfer receipt.",
                                                    fc.id)
-    assert note.kind == "needs_info" and note.context["reason"] == msg.body
+    assert note.kind == "needs_info" and note.context["request"] == msg.body
     assert ev.action == "claim.info_requested" and ev.after["status"] == "needs_info"
     body = client.get(detail_url(fc.reference), headers=cw).json()
     assert [m["kind"] for m in body["messages"]] == ["request"]
@@ -430,7 +430,7 @@ def test_settle_a_dispute(client, make_staff, filed_claim, engine, monkeypatch):
         note = s.execute(select(Notification)).scalar_one()
         msgs = s.execute(select(ClaimMessage).order_by(ClaimMessage.id)).scalars().all()
         ev = s.execute(select(AuditEvent).where(AuditEvent.action == "claim.dispute_settled")).scalar_one()
-    assert note.kind == "dispute_settled" and note.context["recognized_loss"] == "700"
+    assert note.kind == "dispute_settled" and note.context["amount"] == "700"
     assert [(m.kind, m.answered_at is not None) for m in msgs] == [("dispute", True),
                                                                     ("settlement", False)]
     assert ev.before["status"] == "disputed" and ev.after["reason"] == "receipts agreed"

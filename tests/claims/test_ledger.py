@@ -106,13 +106,19 @@ def test_import_stores_rows_totals_and_match_keys(engine, case, tmp_path):
         ("iin", iin_hash(IIN2), a2.id),
     }
     assert res.identifiers_added == 10
-    # Entries in file order, times in UTC (offset converted; naive and date-only taken as UTC).
-    assert [e.entry_type for e in entries] == ["deposit", "withdrawal", "bonus", "deposit",
-                                               "withdrawal", "deposit"]
-    assert entries[1].occurred_at.isoformat() == "2023-02-01T05:00:00+00:00"
-    assert entries[2].occurred_at.isoformat() == "2023-03-01T00:00:00+00:00"
-    assert entries[3].occurred_at.isoformat() == "2023-01-05T12:00:00+00:00"
-    assert entries[0].wallet == ETH and entries[0].iin_hash == iin_hash(IIN)
+    names = {a.id: name for name, a in accts.items()}
+    by_row = {(names[e.account_pk], e.entry_type): e for e in entries}
+    assert set(by_row) == {("A1", "deposit"), ("A1", "withdrawal"), ("A1", "bonus"),
+                           ("A2", "deposit"), ("A2", "withdrawal"), ("P1", "deposit")}
+    # Times in UTC: an offset converted; a naive time and a date alone taken as UTC.
+    assert by_row["A1", "withdrawal"].occurred_at.isoformat() == "2023-02-01T05:00:00+00:00"
+    assert by_row["A1", "bonus"].occurred_at.isoformat() == "2023-03-01T00:00:00+00:00"
+    assert by_row["A2", "deposit"].occurred_at.isoformat() == "2023-01-05T12:00:00+00:00"
+    first = by_row["A1", "deposit"]
+    assert (first.amount, first.tx_hash, first.wallet) == (1000_000000, "ab" * 32, ETH)
+    assert (first.email, first.phone, first.iin_hash) == (
+        "alice@example.com", "+77012345678", iin_hash(IIN))
+    assert by_row["A1", "withdrawal"].tx_hash is None
     assert all(len(e.row_key) == 64 for e in entries)
     assert len({e.row_key for e in entries}) == 6
 

@@ -252,11 +252,10 @@ def test_match_rules_in_priority_order(session, rule):
 def test_several_accounts_for_one_rule_the_best_supported_wins(session):
     case = mk_case(session)
     c = mk_claim(session, case, email="x@example.org")
-    a = mk_account(session, case, "A", "10", email="x@example.org")
+    mk_account(session, case, "A", "10", email="x@example.org")
     b = mk_account(session, case, "B", "20", email="x@example.org", phone=c.phone)
     verify(session, c)
     assert reload(session, c).ledger_account_pk == b.id
-    del a
 
 
 def test_ledger_import_and_claims_normalize_alike(engine, in_mode):
@@ -276,10 +275,10 @@ def test_ledger_import_and_claims_normalize_alike(engine, in_mode):
         f"L-WALLET,deposit,500,2023-01-01T00:00:00Z,,{w.lower()},,,\n"
         f"L-WALLET,bonus,600,2023-02-01T00:00:00Z,,,,,\n"
     )
-    with session_scope(engine) as s:
-        case = mk_case(s, "imp")
     import io
 
+    with session_scope(engine) as s:
+        mk_case(s, "imp")
     import_ledger(engine, "imp", io.StringIO(csv_text))
     with session_scope(engine) as s:
         case = s.execute(select(Case).where(Case.code == "imp")).scalar_one()
@@ -435,14 +434,13 @@ def _setup_five(engine):
         case = mk_case(s, "five")
         for i in range(1, 6):
             mk_account(s, case, f"U-{i}", "100")
-        shared = mk_account(s, case, "U-SHARED", "300", email="pair@example.org")
+        mk_account(s, case, "U-SHARED", "300", email="pair@example.org")
         w = eth(555)
         c1 = mk_claim(s, case, scheme_account="U-1", wallet=w)
         c2 = mk_claim(s, case, scheme_account="U-SHARED", claimed="300")
         c3 = mk_claim(s, case, scheme_account="U-3")
         c4 = mk_claim(s, case, email="pair@example.org", claimed="300")
         c5 = mk_claim(s, case, scheme_account="U-5", wallet=w)
-        del shared
         return [c.id for c in (c1, c2, c3, c4, c5)]
 
 

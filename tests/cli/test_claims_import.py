@@ -248,7 +248,7 @@ def test_serve_starts_and_stops_the_background_hook(monkeypatch):
     mod.worker = worker
     monkeypatch.setitem(sys.modules, "tests_bg_hook", mod)
     serve_mod.serve(host="127.0.0.1", port=1, workers=2, background=True, log_level="warning",
-                    proxy_headers=False, forwarded_allow_ips="127.0.0.1")
+                    proxy_headers=False, forwarded_allow_ips="127.0.0.1", timeout_keep_alive=5)
     assert seen["target"] == "api.app:create_app"
     assert seen["kw"]["factory"] is True and seen["kw"]["workers"] == 2
     assert started.is_set() and stopped.is_set()

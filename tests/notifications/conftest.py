@@ -30,10 +30,18 @@ def unused_port() -> int:
 
 class RecordingHandler:
     """Stores every accepted envelope. Recipients starting with ``reject`` get 550, with
-    ``busy`` get 450; a message whose content contains ``REFUSE-DATA`` gets 554."""
+    ``busy`` get 450; a sender starting with ``blocked`` gets 550; a message whose content
+    contains ``REFUSE-DATA`` gets 554, ``CLOSE-421`` gets 421 (service closing)."""
 
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: ANN001
+        if address.startswith("blocked"):
+            return "550 5.7.1 Sender rejected"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
         if address.startswith("reject"):
@@ -46,6 +54,8 @@ class RecordingHandler:
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
         if b"REFUSE-DATA" in envelope.content:
             return "554 5.7.1 Message refused"
+        if b"CLOSE-421" in envelope.content:
+            return "421 4.3.2 Service shutting down"
         self.envelopes.append(envelope)
         return "250 OK queued"
 

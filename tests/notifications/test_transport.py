@@ -231,6 +231,27 @@ def test_a_refused_message_is_permanent(smtp_server) -> None:  # noqa: ANN001
     assert results[1].delivered and len(server.envelopes) == 1
 
 
+def test_a_refused_sender_is_temporary_and_421_reconnects(smtp_server) -> None:  # noqa: ANN001
+    server = smtp_server()
+    url = f"smtp://127.0.0.1:{server.port}"
+    blocked = render(
+        "received", "en", {"reference": "KZR-1"}, public_url=PUBLIC_URL, mail_from="blocked@restitution.example.kz",
+        to="victim@example.kz", notification_id=55,
+    )
+    results = SmtpTransport(url, timeout=5).send_many([blocked, message(56)])
+    assert results[0].temporary and results[0].reason.startswith("sender refused: 550")
+    assert results[1].delivered
+
+    closing = message(57, lang="en", kind="needs_info", request="CLOSE-421 now")
+    results = SmtpTransport(url, timeout=5).send_many([closing, message(58)])
+    assert results[0].temporary and "421" in results[0].reason
+    assert results[1].delivered
+    assert [parse(e.content)["Message-ID"] for e in server.envelopes] == [
+        "<notification-56@restitution.example.kz>",
+        "<notification-58@restitution.example.kz>",
+    ]
+
+
 def test_reconnects_when_the_server_drops_the_connection(smtp_server) -> None:  # noqa: ANN001
     server = smtp_server()
     dropped: list[str] = []

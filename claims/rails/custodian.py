@@ -1,0 +1,388 @@
+"""The custodian-file rail: TRON (and any network without a node of ours).
+
+The program does not sign these transfers: a custodian or an exchange does, from the
+instructions we hand it, and reports back what it did.
+
+Instructions (``instructions.csv``)
+    ``payout_id,network,address,amount,idempotency_key`` — one line per payout handed to the
+    custodian (state ``exported``, and it keeps its line once confirmed or failed), in the
+    order they were handed over. A payout is exported (``pending → exported``) by the executor
+    or, at the latest, when finance first reads the instructions; its address is read from
+    the claim at that moment (a claim that is not payable then is ``held`` instead) and never
+    changes afterwards, so every read gives the same lines, each payout once. A failed payout
+    that finance retries is exported again as a new attempt on a line of its own, with the
+    idempotency key ``KEY-N`` (N = the attempt), so the custodian never mistakes the new
+    attempt for the old one.
+
+Confirmations (``payout_id,tx_id,amount[,status]``, status ``confirmed`` by default or
+``failed``) — :func:`import_confirmations`:
+    - a malformed file changes nothing: :class:`~claims.errors.InvalidInput` (422) naming
+      every bad line (``line N: reason``; the header is line 1);
+    - a row matching an exported payout (same payout, same amount) confirms it (``tx_id``
+      recorded, ``paid`` notice) or marks it failed (``failed`` notice);
+    - a row whose payout, ``tx_id`` and amount equal what is recorded counts as ``already``:
+      the same file twice records nothing twice;
+    - any other row — an unknown payout, another amount, another ``tx_id`` for a payout already
+      confirmed, a payout never handed over — confirms nothing, is listed under
+      ``mismatches`` and recorded as a :class:`~claims.models.Mismatch` (once), which stops
+      further transfers of the round until finance resolves it. The file's matching rows are
+      recorded all the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlmodel import Session
+
+from claims import audit, rounds
+from claims.audit import Actor
+from claims.db import lock_clause
+from claims.errors import InvalidInput
+from claims.models import (
+    CustodianConfirmation,
+    DistributionRound,
+    Payout,
+    PayoutAttempt,
+    PayoutState,
+    RoundStatus,
+    utcnow,
+)
+from claims.money import AmountError, format_amount, parse_amount
+from claims.payouts import (
+    INSERT_CHUNK,
+    RAIL_CUSTODIAN,
+    classify,
+    close_attempts,
+    hold_many,
+    maybe_settle,
+    notify_outcomes,
+    open_attempts,
+    record_mismatch,
+    require_finance,
+)
+
+P = PayoutState
+INSTRUCTION_COLUMNS = ("payout_id", "network", "address", "amount", "idempotency_key")
+CONFIRMATION_COLUMNS = ("payout_id", "tx_id", "amount")
+STATUSES = ("confirmed", "failed")
+MAX_ROWS = 1_000_000
+MAX_TX_ID = 128
+
+
+# ------------------------------------------------------------------ export and instructions
+
+
+def export_pending(session: Session, round_id: int, *, actor: Actor,
+                   limit: int | None = None) -> dict[str, int]:
+    """``pending → exported`` for the round's pending custodian payouts (addresses read from
+    the claims now; claims not payable → ``held``). Only a ``released`` round exports.
+    Returns ``{"selected", "exported", "held"}``."""
+    status = session.execute(
+        select(DistributionRound.status).where(DistributionRound.id == round_id)
+    ).scalar_one()
+    if status != RoundStatus.released.value:
+        return {"selected": 0, "exported": 0, "held": 0}
+    stmt = (
+        select(Payout.id, Payout.claim_id, Payout.amount, Payout.attempt, Payout.network)
+        .where(Payout.round_id == round_id, Payout.rail == RAIL_CUSTODIAN,
+               Payout.state == P.pending.value)
+        .order_by(Payout.id)
+    )
+    if limit:
+        stmt = stmt.limit(limit)
+    if lock_clause(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = [tuple(r) for r in session.execute(stmt).all()]
+    if not rows:
+        return {"selected": 0, "exported": 0, "held": 0}
+    exported = held = 0
+    for i in range(0, len(rows), INSERT_CHUNK):
+        items, hold = classify(session, rows[i : i + INSERT_CHUNK])
+        held += hold_many(session, hold, actor=actor)
+        if not items:
+            continue
+        now = utcnow()
+        table = Payout.__table__
+        res = session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"),
+                                table.c.state == P.pending.value,
+                                table.c.attempt == bindparam("b_attempt"))
+            .values(state=P.exported.value, address=bindparam("b_addr"), updated_at=now),
+            [{"b_id": c.payout_id, "b_attempt": c.attempt, "b_addr": c.address} for c in items],
+        )
+        if res.rowcount != len(items):
+            raise InvalidInput([{"field": "payouts", "message": "changed while being exported; "
+                                 "run again"}])
+        open_attempts(session, [(c.payout_id, c.attempt, None, c.address) for c in items])
+        audit.record(session, actor, "payouts.exported", "round", round_id, after={
+            "rail": RAIL_CUSTODIAN, "payouts": [c.payout_id for c in items],
+            "amount": sum(c.amount for c in items)})
+        exported += len(items)
+    return {"selected": len(rows), "exported": exported, "held": held}
+
+
+def instruction_key(key: str, attempt: int) -> str:
+    return key if attempt == 1 else f"{key}-{attempt}"
+
+
+def instructions(session: Session, round_id: object, *, actor: Actor | None = None,
+                 export: bool = True) -> list[dict[str, str]]:
+    """The instruction lines of the round (see the module docstring). With ``export`` (a
+    finance read) the round's pending custodian payouts are exported first."""
+    rnd = rounds.get_round(session, round_id)
+    if export:
+        if actor is None:  # pragma: no cover - programming error
+            raise ValueError("exporting needs the acting finance officer")
+        require_finance(actor, "export custodian instructions")
+        export_pending(session, rnd.id, actor=actor)
+    rows = session.execute(
+        select(Payout.id, Payout.network, PayoutAttempt.address, Payout.amount,
+               Payout.idempotency_key, PayoutAttempt.attempt)
+        .join(PayoutAttempt, PayoutAttempt.payout_id == Payout.id)
+        .where(Payout.round_id == rnd.id, Payout.rail == RAIL_CUSTODIAN,
+               PayoutAttempt.address.is_not(None))
+        .order_by(PayoutAttempt.id)
+    ).all()
+    return [
+        {"payout_id": str(pid), "network": network, "address": address,
+         "amount": format_amount(amount), "idempotency_key": instruction_key(key, attempt)}
+        for pid, network, address, amount, key, attempt in rows
+    ]
+
+
+def instructions_csv(lines: Sequence[dict[str, str]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=INSTRUCTION_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(lines)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ confirmations
+
+
+@dataclass(frozen=True)
+class ConfirmationRow:
+    line: int
+    payout_id: int
+    tx_id: str
+    amount: int
+    status: str
+
+
+def parse_confirmations(data: str | bytes) -> list[ConfirmationRow]:
+    """Parse a confirmations file; every bad line named (``InvalidInput``, nothing kept)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput([{"field": "line 1", "message": "the file is not UTF-8 text"}],
+                               "line 1: the file is not UTF-8 text") from None
+    data = data.removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(data))
+    errors: list[dict[str, str]] = []
+
+    def bad(line: int, message: str) -> None:
+        errors.append({"field": f"line {line}", "message": message})
+
+    try:
+        header = next(reader)
+    except StopIteration:
+        header = []
+    except csv.Error as exc:
+        header = []
+        bad(1, f"not CSV: {exc}")
+    names = [h.strip().lower() for h in header]
+    if not names and not errors:
+        bad(1, "the file is empty; expected the header payout_id,tx_id,amount[,status]")
+    missing = [c for c in CONFIRMATION_COLUMNS if c not in names]
+    if names and missing:
+        bad(1, "missing column(s) " + ", ".join(missing)
+            + "; expected payout_id,tx_id,amount[,status]")
+    if names and len(set(names)) != len(names):
+        bad(1, "a column is named twice")
+    out: list[ConfirmationRow] = []
+    if errors:
+        raise InvalidInput(errors, "\n".join(f"{e['field']}: {e['message']}" for e in errors))
+    idx = {n: i for i, n in enumerate(names)}
+    line = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            line = reader.line_num
+            bad(line, f"not CSV: {exc}")
+            break
+        line = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(out) + len(errors) >= MAX_ROWS:
+            bad(line, f"more than {MAX_ROWS} rows")
+            break
+        if len(fields) == len(names) - 1 and names[-1] == "status":
+            fields = [*fields, ""]  # the optional status left out on this row
+        if len(fields) != len(names):
+            bad(line, f"{len(fields)} fields, the header has {len(names)}")
+            continue
+        problems = []
+        pid_text = fields[idx["payout_id"]].strip()
+        pid = None
+        if not (pid_text.isascii() and pid_text.isdigit()) or pid_text.startswith("0") \
+                or len(pid_text) > 18:
+            problems.append(f"payout_id {pid_text!r} is not a payout id")
+        else:
+            pid = int(pid_text)
+        tx_id = fields[idx["tx_id"]].strip()
+        if not tx_id:
+            problems.append("tx_id is empty")
+        elif len(tx_id) > MAX_TX_ID or any(ch.isspace() or not ch.isprintable() for ch in tx_id):
+            problems.append("tx_id must be at most 128 printable characters without spaces")
+        amount = None
+        try:
+            amount = parse_amount(fields[idx["amount"]].strip(), allow_zero=False)
+        except AmountError as exc:
+            problems.append(f"amount {exc}")
+        status = fields[idx["status"]].strip().lower() if "status" in idx else ""
+        status = status or "confirmed"
+        if status not in STATUSES:
+            problems.append("status must be confirmed or failed")
+        if problems:
+            bad(line, "; ".join(problems))
+            continue
+        out.append(ConfirmationRow(line, pid, tx_id, amount, status))  # type: ignore[arg-type]
+    if errors:
+        raise InvalidInput(errors, "\n".join(f"{e['field']}: {e['message']}" for e in errors))
+    return out
+
+
+def import_confirmations(session: Session, round_id: object, data: str | bytes, *,
+                         actor: Actor) -> dict[str, Any]:
+    """Apply a custodian's confirmations (see the module docstring). Returns
+    ``{"confirmed", "failed", "already", "mismatches": [{"line", "payout_id", "reason"}]}``."""
+    require_finance(actor, "import custodian confirmations")
+    rows = parse_confirmations(data)
+    rnd = rounds.get_round(session, round_id, lock=True)
+    rid = rnd.id
+    ids = sorted({r.payout_id for r in rows})
+    payouts: dict[int, Payout] = {}
+    recorded: dict[int, list[tuple[str, int, str]]] = {}
+    for i in range(0, len(ids), INSERT_CHUNK):
+        chunk = ids[i : i + INSERT_CHUNK]
+        stmt = select(Payout).where(Payout.id.in_(chunk), Payout.round_id == rid)
+        if lock_clause(session):
+            stmt = stmt.with_for_update()
+        for p in session.execute(stmt).scalars():
+            payouts[p.id] = p
+        for pid, tx, amount, status in session.execute(
+            select(CustodianConfirmation.payout_id, CustodianConfirmation.tx_id,
+                   CustodianConfirmation.amount, CustodianConfirmation.status)
+            .where(CustodianConfirmation.payout_id.in_(chunk))
+        ):
+            recorded.setdefault(pid, []).append((tx, amount, status))
+    # state and tx of each payout as this import goes (rows of one file may repeat)
+    state = {pid: (p.state, p.tx_id) for pid, p in payouts.items()}
+    confirm: list[tuple[ConfirmationRow, Payout]] = []
+    fail: list[tuple[ConfirmationRow, Payout]] = []
+    already = 0
+    mismatches: list[tuple[ConfirmationRow, str]] = []
+    for row in rows:
+        p = payouts.get(row.payout_id)
+        if p is None:
+            mismatches.append((row, f"no payout {row.payout_id} in round {rid}"))
+            continue
+        if p.rail != RAIL_CUSTODIAN:
+            mismatches.append((row, f"payout {p.id} is paid on the {p.rail} rail, not by the "
+                                    "custodian"))
+            continue
+        if row.amount != p.amount:
+            mismatches.append((row, f"amount differs: the custodian reports "
+                                    f"{format_amount(row.amount)} USDT, payout {p.id} is "
+                                    f"{format_amount(p.amount)} USDT"))
+            continue
+        if (row.tx_id, row.amount, row.status) in recorded.get(p.id, []):
+            already += 1
+            continue
+        current, tx = state[p.id]
+        if current == P.exported.value:
+            (confirm if row.status == "confirmed" else fail).append((row, p))
+            state[p.id] = (P.confirmed.value if row.status == "confirmed" else P.failed.value,
+                           row.tx_id)
+            recorded.setdefault(p.id, []).append((row.tx_id, row.amount, row.status))
+        elif current == P.confirmed.value:
+            mismatches.append((row, f"payout {p.id} is confirmed with tx {tx}; the custodian "
+                                    f"now reports {row.status} with tx {row.tx_id}"))
+        elif current == P.failed.value:
+            mismatches.append((row, f"payout {p.id} was reported failed; the custodian now "
+                                    f"reports {row.status} with tx {row.tx_id}"))
+        else:
+            mismatches.append((row, f"payout {p.id} was not handed to the custodian (it is "
+                                    f"{current})"))
+    now = utcnow()
+    if confirm or fail:
+        session.execute(insert(CustodianConfirmation), [
+            {"round_id": rid, "payout_id": p.id, "tx_id": r.tx_id, "amount": r.amount,
+             "status": r.status, "created_at": now} for r, p in confirm + fail
+        ])
+    table = Payout.__table__
+    if confirm:
+        res = session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"),
+                                table.c.state == P.exported.value)
+            .values(state=P.confirmed.value, tx_id=bindparam("b_tx"), confirmed_at=now,
+                    reconciled_at=now, failure_reason=None, updated_at=now),
+            [{"b_id": p.id, "b_tx": r.tx_id} for r, p in confirm],
+        )
+        assert res.rowcount == len(confirm)
+        close_attempts(session, [(p.id, p.attempt, "confirmed", None) for _, p in confirm])
+        audit.record_many(session, actor, [
+            ("payout.confirmed", "payout", p.id, {"state": P.exported.value},
+             {"state": P.confirmed.value, "tx_id": r.tx_id, "amount": r.amount,
+              "source": "custodian", "line": r.line}) for r, p in confirm
+        ])
+    if fail:
+        reasons = {p.id: f"the custodian reported it failed (tx {r.tx_id})" for r, p in fail}
+        res = session.connection().execute(
+            update(table).where(table.c.id == bindparam("b_id"),
+                                table.c.state == P.exported.value)
+            .values(state=P.failed.value, tx_id=bindparam("b_tx"),
+                    failure_reason=bindparam("b_why"), updated_at=now),
+            [{"b_id": p.id, "b_tx": r.tx_id, "b_why": reasons[p.id]} for r, p in fail],
+        )
+        assert res.rowcount == len(fail)
+        close_attempts(session, [(p.id, p.attempt, "failed", reasons[p.id]) for _, p in fail])
+        audit.record_many(session, actor, [
+            ("payout.failed", "payout", p.id, {"state": P.exported.value},
+             {"state": P.failed.value, "tx_id": r.tx_id, "source": "custodian",
+              "line": r.line}) for r, p in fail
+        ])
+    notify_outcomes(
+        session,
+        [(p.claim_id, p.amount, r.tx_id, p.network, None) for r, p in confirm],
+        [(p.claim_id, p.amount) for _, p in fail],
+    )
+    for row, reason in mismatches:
+        record_mismatch(session, rid, payout_id=row.payout_id if row.payout_id in payouts
+                        else None, source="custodian", reason=reason,
+                        detail={"payout_id": row.payout_id, "tx_id": row.tx_id,
+                                "amount": row.amount, "status": row.status},
+                        actor=actor)
+    audit.record(session, actor, "payouts.confirmations_imported", "round", rid, after={
+        "rows": len(rows), "confirmed": len(confirm), "failed": len(fail), "already": already,
+        "mismatches": len(mismatches)})
+    if confirm:
+        maybe_settle(session, rid, actor=actor)
+    return {
+        "confirmed": len(confirm),
+        "failed": len(fail),
+        "already": already,
+        "mismatches": [{"line": r.line, "payout_id": str(r.payout_id), "reason": why}
+                       for r, why in mismatches],
+    }

@@ -1,0 +1,452 @@
+"""``restitution demo [--claims N] [--json]`` — a whole case on the embedded defaults.
+
+By default it works in a fresh ``./var/demo/`` (its own SQLite file, Maildir, documents and
+report), replacing an earlier demo; when ``RESTITUTION_DATABASE_URL`` is set it honours the
+``RESTITUTION_*`` settings (database, SMTP, Maildir) and adds a new case
+``demo-YYYYMMDDHHMMSS`` without touching anything else.
+
+The stages, each through the same interfaces people use:
+ 1. an administrator opens the case, imports a generated seized ledger and creates staff;
+ 2. the API starts on a free loopback port (rate limiting off);
+ 3. N victims file over HTTP in Kazakh, Russian or English, TRON or Ethereum; some make a
+    mistake, are refused with the field named, and correct it;
+ 4. the verification flow checks every claim against the ledger;
+ 5. a caseworker decides the flagged claims over the API; two victims dispute their amount;
+ 6. one caseworker prepares a round of 545,000 USDT, another approves it; one dispute is
+    settled;
+ 7. finance releases the payouts: the Ethereum ones are paid on the in-process chain, the
+    TRON ones are handed to the custodian in a file — the demo plays the custodian and
+    imports its confirmations;
+ 8. the notifications are delivered to the Maildir; the round report is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import typer
+
+from cli.common import print_json
+
+POOL = "545000"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        claims: int = typer.Option(1000, "--claims", min=10, max=1_000_000, help="Victims to simulate."),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+        seed: int = typer.Option(545000, "--seed", help="Random seed of the generated case."),
+    ) -> None:
+        """A whole case end to end on the embedded defaults (see README)."""
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        try:
+            summary = run_demo(claims, seed=seed, console=console)
+        except DemoError as exc:
+            console.print(f"[red]demo failed:[/red] {exc}")
+            raise typer.Exit(1)
+        if json_out:
+            print_json({k: summary[k] for k in SUMMARY_KEYS})
+        else:
+            _print_summary(console, summary)
+
+
+SUMMARY_KEYS = ("case", "claims_filed", "claims_approved", "claims_rejected", "pool", "allocated",
+                "reserved", "released", "undistributed", "paid", "payouts", "emails")
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def _prepare_environment() -> tuple[Path, bool]:
+    """Fresh ./var/demo unless the operator gave a database; returns (output dir, fresh)."""
+    var = Path(os.environ.get("RESTITUTION_VAR_DIR", "./var")).resolve()
+    if os.environ.get("RESTITUTION_DATABASE_URL"):
+        out = var / "demo-runs"
+        out.mkdir(parents=True, exist_ok=True)
+        fresh = False
+    else:
+        out = var / "demo"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        os.environ["RESTITUTION_DATABASE_URL"] = f"sqlite:///{out / 'restitution.db'}"
+        os.environ.setdefault("RESTITUTION_MAILDIR", str(out / "mail"))
+        os.environ.setdefault("RESTITUTION_DOCUMENTS_DIR", str(out / "documents"))
+        fresh = True
+    os.environ["RESTITUTION_RATE_LIMIT"] = "off"  # the demo's own server files 1,000s at once
+    from claims.db import dispose_engines
+    from claims.settings import reset_settings
+
+    reset_settings()
+    dispose_engines()
+    return out, fresh
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """The API in a thread of this process, on a free loopback port."""
+
+    def __init__(self) -> None:
+        import uvicorn
+
+        from api.app import create_app
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(), host="127.0.0.1", port=self.port,
+                                log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="demo-api", daemon=True)
+
+    def __enter__(self) -> "_Server":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise DemoError("the API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def _check(resp, *expected: int):
+    if resp.status_code not in expected:
+        raise DemoError(f"{resp.request.method} {resp.request.url.path} → {resp.status_code}: "
+                        f"{resp.text[:500]}")
+    return resp
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
+    from rich.console import Console
+
+    console = console or Console(stderr=True, quiet=True)
+    t0 = time.monotonic()
+    stages: dict[str, float] = {}
+
+    def stage(name: str, since: float) -> float:
+        now = time.monotonic()
+        stages[name] = round(now - since, 2)
+        console.print(f"[green]✓[/green] {name} [dim]({now - since:.1f} s)[/dim]")
+        return now
+
+    out, fresh = _prepare_environment()
+    from cli.demo_data import generate
+    from claims import cases, ledger, staff
+    from claims.audit import Actor
+    from claims.db import get_engine, session_scope
+    from claims.settings import get_settings
+
+    settings = get_settings()
+    engine = get_engine()
+    code = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    data = generate(n, seed=seed)
+    operator = Actor.operator()
+    people = {"admin": "demo-admin", "caseworker": "demo-alice", "caseworker2": "demo-bob",
+              "finance": "demo-carol", "auditor": "demo-dave"}
+    if not fresh:
+        suffix = code[5:]
+        people = {k: f"{v}-{suffix}" for k, v in people.items()}
+    passwords = {name: secrets.token_urlsafe(12) for name in people.values()}
+    with session_scope(engine) as s:
+        cases.create_case(s, code, f"Demo pyramid scheme ({n} victims)", actor=operator)
+    ledger.import_ledger(engine, code, io.StringIO(data.ledger_csv), actor=operator)
+    with session_scope(engine) as s:
+        for role, name in people.items():
+            staff.create_user(s, name, "caseworker" if role.startswith("caseworker") else role,
+                              passwords[name], actor=operator)
+    staff_file = out / (f"staff-{code}.txt" if not fresh else "staff.txt")
+    fd = os.open(staff_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        for role, name in people.items():
+            fh.write(f"{name}\t{role.rstrip('2')}\t{passwords[name]}\n")
+    t = stage(f"case {code}: ledger of {n} accounts imported, 5 staff accounts", t0)
+
+    import httpx
+
+    summary: dict = {"case": code}
+    with _Server() as server, httpx.Client(base_url=server.url, timeout=120) as http:
+        console.print(f"  API on {server.url} (docs: {server.url}/docs)")
+        # ---- victims file over HTTP
+        tokens: dict[str, tuple[str, str]] = {}  # account → (reference, token)
+        refused = 0
+
+        def file(v) -> tuple[str, str, int]:
+            bad = v.mistaken_filing(code)
+            n_refused = 0
+            if bad is not None:
+                r = http.post("/api/v1/claims", json=bad, headers={"Idempotency-Key": str(uuid.uuid4())})
+                _check(r, 422)
+                n_refused = 1
+            r = _check(http.post("/api/v1/claims", json=v.filing(code),
+                                 headers={"Idempotency-Key": str(uuid.uuid4())}), 201)
+            body = r.json()
+            return body["reference"], body["access_token"], n_refused
+
+        with ThreadPoolExecutor(8) as pool:
+            for v, (ref, tok, bad) in zip(data.victims, pool.map(file, data.victims)):
+                tokens[v.account_id] = (ref, tok)
+                refused += bad
+        summary["claims_filed"] = len(tokens)
+        summary["refused_then_corrected"] = refused
+        t = stage(f"{len(tokens)} claims filed over HTTP ({refused} first refused, then corrected)", t)
+
+        # ---- verification
+        from flows.verify import verify_claims
+
+        counts = verify_claims(code)
+        t = stage(f"verification flow: {_short(counts)}", t)
+
+        # ---- caseworker decisions
+        def sign_in(name: str) -> dict:
+            r = _check(http.post("/api/v1/auth/token",
+                                 data={"username": name, "password": passwords[name]}), 200)
+            return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+        alice = sign_in(people["caseworker"])
+        bob = sign_in(people["caseworker2"])
+        carol = sign_in(people["finance"])
+        decided = {"approve": 0, "reject": 0}
+        while True:
+            r = _check(http.get("/api/v1/review/claims", headers=alice,
+                                params={"case_id": code, "status": "flagged", "limit": 500}), 200)
+            items = r.json()["items"]
+            if not items:
+                break
+            for item in items:
+                body = _decision(item, data)
+                _check(http.post(f"/api/v1/review/claims/{item['reference']}/decision",
+                                 json=body, headers=alice), 200)
+                decided[body["decision"]] += 1
+        t = stage(f"caseworker decided {sum(decided.values())} flagged claims "
+                  f"({decided['approve']} approved, {decided['reject']} rejected)", t)
+
+        # ---- two victims dispute the recognized amount
+        disputed = []
+        for v in data.victims:
+            if len(disputed) == 2:
+                break
+            ref, tok = tokens[v.account_id]
+            st = http.get(f"/api/v1/claims/{ref}", headers={"X-Claim-Token": tok}).json()
+            if st["status"] == "approved" and st.get("recognized_loss") not in (None, "0"):
+                _check(http.post(f"/api/v1/claims/{ref}/dispute", headers={"X-Claim-Token": tok},
+                                 json={"reason": "I also paid a 'withdrawal fee' the ledger does not show",
+                                       "amount": _plus_tenth(st["recognized_loss"])}), 200, 201, 202)
+                disputed.append((ref, st["recognized_loss"]))
+
+        # ---- the round: prepared by one caseworker, approved by another
+        r = _check(http.post(f"/api/v1/cases/{code}/rounds", json={"pool": POOL}, headers=alice), 201)
+        rnd = r.json()
+        _check(http.post(f"/api/v1/rounds/{rnd['id']}/approve", headers=bob), 200)
+        t = stage(f"round {rnd['id']}: pool {POOL} USDT at rate {rnd['rate']}, prepared by "
+                  f"{people['caseworker']}, approved by {people['caseworker2']}", t)
+        if disputed:  # the first dispute is settled at the ledger amount; the other stays open
+            ref, amount = disputed[0]
+            _check(http.post(f"/api/v1/review/claims/{ref}/settle", headers=alice,
+                             json={"amount": amount, "reason": "the fee is not in the seized records"}), 200)
+
+        # ---- finance releases; the EVM rail pays, the custodian gets a file
+        _check(http.post(f"/api/v1/rounds/{rnd['id']}/payouts", headers={**carol,
+               "Idempotency-Key": f"demo-release-{code}"}), 202)
+        progress = _wait_payouts(http, rnd["id"], carol, console)
+        t = stage(f"payouts released: {_short(progress['by_state'])}", t)
+        instructions = _check(http.get(f"/api/v1/rounds/{rnd['id']}/payouts/instructions.csv",
+                                       headers=carol), 200).text
+        (out / f"custodian-instructions-{code}.csv").write_text(instructions)
+        confirmations = _play_custodian(instructions)
+        (out / f"custodian-confirmations-{code}.csv").write_text(confirmations)
+        r = _check(http.post(f"/api/v1/rounds/{rnd['id']}/payouts/confirmations", headers={
+            **carol, "Content-Type": "text/csv"}, content=confirmations.encode()), 200)
+        conf = r.json()
+        if conf["mismatches"]:
+            raise DemoError(f"custodian confirmations refused: {conf['mismatches'][:3]}")
+        http.post(f"/api/v1/rounds/{rnd['id']}/reconcile", headers=carol)
+        t = stage(f"custodian rail (the demo plays the custodian): {conf['confirmed']} transfers "
+                  f"confirmed from its file", t)
+        final = _check(http.get(f"/api/v1/rounds/{rnd['id']}/payouts", headers=carol), 200).json()
+        round_now = _check(http.get(f"/api/v1/rounds/{rnd['id']}", headers=alice), 200).json()
+        report = http.get(f"/staff/rounds/{rnd['id']}/report", headers=alice)
+        report_path = out / (f"report-{code}.html" if not fresh else "report.html")
+        if report.status_code == 200:
+            report_path.write_text(report.text)
+        plan = _check(http.get(f"/api/v1/rounds/{rnd['id']}/plan.csv", headers=alice), 200).text
+        (out / (f"plan-{code}.csv" if not fresh else "plan.csv")).write_text(plan)
+
+    # ---- notifications
+    from flows.notify import deliver_notifications
+
+    delivered = deliver_notifications()
+    t = stage(f"notifications delivered: {delivered['sent']} "
+              f"({'SMTP' if settings.smtp_url else 'Maildir ' + settings.maildir})", t)
+
+    confirmed = final["by_state"].get("confirmed", {"count": 0, "amount": "0"})
+    summary.update(_claim_counts(engine, code))
+    summary.update({
+        "pool": round_now["pool"],
+        "allocated": round_now["allocated"],
+        "reserved": round_now["reserved"],
+        "released": round_now["released"],
+        "undistributed": round_now["undistributed"],
+        "paid": confirmed["amount"],
+        "payouts": confirmed["count"],
+        "emails": _emails(engine, code),
+        "round": round_now,
+        "seconds": round(time.monotonic() - t0, 1),
+        "stages": stages,
+        "report": str(report_path),
+        "maildir": settings.maildir if not settings.smtp_url else None,
+        "staff_file": str(staff_file),
+        "output": str(out),
+    })
+    _check_invariants(summary)
+    (out / (f"summary-{code}.json" if not fresh else "summary.json")).write_text(
+        json.dumps({k: v for k, v in summary.items()}, indent=2, ensure_ascii=False))
+    return summary
+
+
+def _short(d: dict) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = v.get("count", v)
+            if isinstance(v, dict):
+                continue
+        if v:
+            parts.append(f"{k} {v}")
+    return ", ".join(parts) or "nothing to do"
+
+
+def _plus_tenth(amount: str) -> str:
+    from claims.money import format_amount, parse_amount
+
+    m = parse_amount(amount)
+    return format_amount(m + m // 10)
+
+
+def _decision(item: dict, data) -> dict:
+    """What the demo's caseworker decides for a flagged claim, with the reason."""
+    codes = {f["code"] for f in item["flags"]}
+    if codes & {"net_winner", "insider", "blocked_address"}:
+        why = ("the ledger shows withdrawals at least equal to deposits (net winner)"
+               if "net_winner" in codes else "the account belongs to a promoter of the scheme"
+               if "insider" in codes else "the payout address is on the blocked list")
+        return {"decision": "reject", "reason": why}
+    if "no_ledger_match" in codes or item.get("recognized_loss") is None:
+        return {"decision": "approve", "recognized_loss": item["claimed_amount"],
+                "reason": "bank statements and evidence hashes checked by hand; amount as claimed"}
+    return {"decision": "approve",
+            "reason": "checked: " + ", ".join(sorted(codes)) + "; the ledger amount is recognized"}
+
+
+def _wait_payouts(http, round_id: str, headers: dict, console, timeout: float = 600) -> dict:
+    """Watch the release until nothing is pending, signed or broadcast any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = _check(http.get(f"/api/v1/rounds/{round_id}/payouts", headers=headers), 200).json()
+        moving = sum(s["by_state"][k]["count"] for k in ("pending", "signed", "broadcast"))
+        if moving == 0:
+            return s
+        if time.monotonic() > deadline:
+            raise DemoError(f"payouts still running after {timeout:.0f} s: {s['by_state']}")
+        time.sleep(0.3)
+
+
+def _play_custodian(instructions: str) -> str:
+    """The custodian's confirmation file: every instructed transfer done, with a TRON tx id."""
+    rows = csv.DictReader(io.StringIO(instructions))
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["payout_id", "tx_id", "amount", "status"])
+    for row in rows:
+        tx = hashlib.sha256(f"custodian:{row['idempotency_key']}".encode()).hexdigest()
+        w.writerow([row["payout_id"], tx, row["amount"], "confirmed"])
+    return out.getvalue()
+
+
+def _claim_counts(engine, code: str) -> dict:
+    from sqlalchemy import func, select
+
+    from claims.db import session_scope
+    from claims.models import Case, Claim
+
+    with session_scope(engine, write=False) as s:
+        rows = dict(s.execute(
+            select(Claim.status, func.count()).join(Case, Case.id == Claim.case_id)
+            .where(Case.code == code).group_by(Claim.status)).all())
+    return {"claims_approved": rows.get("approved", 0), "claims_rejected": rows.get("rejected", 0),
+            "claims_by_status": rows}
+
+
+def _emails(engine, code: str) -> int:
+    from sqlalchemy import func, select
+
+    from claims.db import session_scope
+    from claims.models import Case, Claim, Notification
+
+    with session_scope(engine, write=False) as s:
+        return s.execute(
+            select(func.count()).select_from(Notification)
+            .join(Claim, Claim.id == Notification.claim_id).join(Case, Case.id == Claim.case_id)
+            .where(Case.code == code, Notification.state == "sent")).scalar_one()
+
+
+def _check_invariants(summary: dict) -> None:
+    from claims.money import parse_amount as p
+
+    pool = p(summary["pool"])
+    parts = sum(p(summary[k]) for k in ("allocated", "reserved", "released", "undistributed"))
+    if parts != pool:
+        raise DemoError(f"round money does not balance: {parts} ≠ {pool} micro-USDT")
+    if p(summary["paid"]) > p(summary["allocated"]):
+        raise DemoError("confirmed payouts exceed the allocation")
+
+
+def _print_summary(console, s: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Restitution demo — case {s['case']}", show_header=False)
+    for key in SUMMARY_KEYS[1:]:
+        value = s[key]
+        table.add_row(key.replace("_", " "), f"{value} USDT" if isinstance(value, str) else str(value))
+    table.add_row("seconds", str(s["seconds"]))
+    console.print(table)
+    prefect_home = os.environ.get("PREFECT_HOME", "./var/prefect")
+    console.print(
+        f"\nWhere to look:\n"
+        f"  round report   {s['report']}\n"
+        f"  mail           {s['maildir'] or 'sent over SMTP'} (one .eml per message in new/)\n"
+        f"  staff sign-ins {s['staff_file']} (run `.venv/bin/restitution serve`, open /staff)\n"
+        f"  summary        {s['output']}\n"
+        f"  Prefect UI     PREFECT_HOME={prefect_home} .venv/bin/prefect server start  → http://127.0.0.1:4200\n"
+        f"  audit trail    .venv/bin/restitution audit verify"
+        + ("" if s["maildir"] is None else f"  (with RESTITUTION_DATABASE_URL=sqlite:///{s['output']}/restitution.db)")
+    )

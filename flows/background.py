@@ -1,0 +1,89 @@
+"""Background processing for ``restitution serve`` (and ``restitution worker``):
+
+every ``interval`` seconds, one pass that
+1. verifies the new claims of every case (flow ``verify-claims``),
+2. executes released payouts that are still pending (flow ``execute-payouts``),
+3. delivers due notifications (flow ``deliver-notifications``).
+
+Each step works on database state alone, so a pass may stop anywhere and the next one picks
+up where it left; passes never overlap within a process. Errors are logged and retried on
+the next pass, never fatal to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import select
+
+from claims.db import get_engine, session_scope
+from claims.models import Case, Claim, DistributionRound, Payout
+
+log = logging.getLogger("restitution.background")
+
+INTERVAL = 10.0
+
+
+def cases_with_pending_claims(engine) -> list[str]:
+    with session_scope(engine, write=False) as s:
+        return list(
+            s.execute(
+                select(Case.code)
+                .where(Case.id.in_(
+                    select(Claim.case_id).where(Claim.status.in_(("submitted", "verifying"))).distinct()
+                ))
+                .order_by(Case.id)
+            ).scalars()
+        )
+
+
+def rounds_with_pending_payouts(engine) -> list[int]:
+    with session_scope(engine, write=False) as s:
+        return list(
+            s.execute(
+                select(DistributionRound.id)
+                .where(
+                    DistributionRound.status == "released",
+                    DistributionRound.id.in_(
+                        select(Payout.round_id).where(Payout.state.in_(("pending", "signed", "broadcast"))).distinct()
+                    ),
+                )
+                .order_by(DistributionRound.id)
+            ).scalars()
+        )
+
+
+def one_pass(engine=None) -> dict:
+    """Run each step once; returns what each did (for logs and tests)."""
+    from flows.notify import deliver_notifications
+    from flows.payouts import execute_payouts
+    from flows.verify import verify_claims
+
+    engine = engine or get_engine()
+    done: dict = {"verified": {}, "payouts": {}, "notifications": None}
+    for code in cases_with_pending_claims(engine):
+        try:
+            done["verified"][code] = verify_claims(code)
+        except Exception:  # noqa: BLE001 - logged, retried next pass
+            log.exception("verification of case %s failed; retrying next pass", code)
+    for round_id in rounds_with_pending_payouts(engine):
+        try:
+            done["payouts"][round_id] = execute_payouts(round_id)
+        except Exception:  # noqa: BLE001
+            log.exception("payouts of round %s failed; retrying next pass", round_id)
+    try:
+        done["notifications"] = deliver_notifications()
+    except Exception:  # noqa: BLE001
+        log.exception("notification delivery failed; retrying next pass")
+    return done
+
+
+def run(stop: threading.Event, interval: float = INTERVAL) -> None:
+    """Loop until ``stop`` is set (``restitution serve``'s background thread)."""
+    while not stop.is_set():
+        try:
+            one_pass()
+        except Exception:  # noqa: BLE001
+            log.exception("background pass failed")
+        stop.wait(interval)
