@@ -163,7 +163,7 @@ def record_many(
             }
         )
         prev = h
-    session.execute(insert(AuditEvent), rows)
+    session.connection().execute(insert(AuditEvent.__table__), rows)
     session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)

@@ -393,8 +393,8 @@ _SPECIAL_TLDS = frozenset({"arpa", "invalid", "local", "localhost", "onion", "te
 def _plain_ascii_email(s: str) -> bool:
     """A shortcut past email-validator (tens of µs a call) for the plain ASCII addresses that
     fill real exports: true only for addresses email-validator accepts unchanged apart from
-    case (dot-atom local part ≤ 64, LDH labels ≤ 63, an alphabetic TLD that is not a
-    special-use name, no IDNA ``xn--`` label, ≤ 254 characters), whose key is therefore
+    case (dot-atom local part ≤ 64, LDH labels ≤ 63 without "--", an alphabetic TLD that is
+    not a special-use name, ≤ 254 characters), whose key is therefore
     ``email_key`` of the text itself. Anything else goes through ``validate_email``."""
     if len(s) > 254 or s.count("@") != 1:
         return False
@@ -402,7 +402,7 @@ def _plain_ascii_email(s: str) -> bool:
     if len(local) > 64 or not _EMAIL_LOCAL.fullmatch(local):
         return False
     labels = domain.split(".")
-    if len(labels) < 2 or "xn--" in domain.lower():
+    if len(labels) < 2 or "--" in domain:  # "xn--" and other reserved "??--" labels
         return False
     tld = labels[-1]
     if not (2 <= len(tld) <= 63 and tld.isascii() and tld.isalpha()):

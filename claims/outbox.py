@@ -62,5 +62,5 @@ def enqueue_many(
             }
         )
     if rows:
-        session.execute(insert(Notification), rows)
+        session.connection().execute(insert(Notification.__table__), rows)
     return len(rows)

@@ -160,6 +160,10 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         return now
 
     out, fresh = _prepare_environment()
+    # Prefect's local server takes 10–20 s to start: start it now, while the case is set up
+    # and the victims file, so the first flow does not wait for it.
+    warm = threading.Thread(target=_warm_prefect, name="prefect-warm-up", daemon=True)
+    warm.start()
     from cli.demo_data import generate
     from claims import cases, ledger, staff
     from claims.audit import Actor
@@ -221,6 +225,7 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         t = stage(f"{len(tokens)} claims filed over HTTP ({refused} first refused, then corrected)", t)
 
         # ---- verification
+        warm.join()
         from flows.verify import verify_claims
 
         counts = verify_claims(code)
@@ -331,6 +336,23 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
     (out / (f"summary-{code}.json" if not fresh else "summary.json")).write_text(
         json.dumps({k: v for k, v in summary.items()}, indent=2, ensure_ascii=False))
     return summary
+
+
+def _warm_prefect() -> None:
+    """Start Prefect's server for this process by running an empty flow."""
+    try:
+        from flows import configure_prefect
+
+        configure_prefect()
+        from prefect import flow
+
+        @flow(name="warm-up", log_prints=False)
+        def warm_up() -> int:
+            return 1
+
+        warm_up()
+    except Exception:  # noqa: BLE001 - the first real flow then starts it
+        pass
 
 
 def _short(d: dict) -> str:

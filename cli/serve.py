@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 #: Background callables ``"module:function"``, each called as ``function(stop_event)``.
-BACKGROUND: list[str] = []
+BACKGROUND: list[str] = ["flows.background:run"]
 
 #: How long shutdown waits for each background thread to return.
 STOP_TIMEOUT = 30.0

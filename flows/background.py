@@ -2,7 +2,7 @@
 
 every ``interval`` seconds, one pass that
 1. verifies the new claims of every case (flow ``verify-claims``),
-2. executes released payouts that are still pending (flow ``execute-payouts``),
+2. executes released payouts that are still pending or in flight (resuming interrupted runs),
 3. delivers due notifications (flow ``deliver-notifications``).
 
 Each step works on database state alone, so a pass may stop anywhere and the next one picks
@@ -18,7 +18,7 @@ import threading
 from sqlalchemy import select
 
 from claims.db import get_engine, session_scope
-from claims.models import Case, Claim, DistributionRound, Payout
+from claims.models import Case, Claim
 
 log = logging.getLogger("restitution.background")
 
@@ -38,26 +38,10 @@ def cases_with_pending_claims(engine) -> list[str]:
         )
 
 
-def rounds_with_pending_payouts(engine) -> list[int]:
-    with session_scope(engine, write=False) as s:
-        return list(
-            s.execute(
-                select(DistributionRound.id)
-                .where(
-                    DistributionRound.status == "released",
-                    DistributionRound.id.in_(
-                        select(Payout.round_id).where(Payout.state.in_(("pending", "signed", "broadcast"))).distinct()
-                    ),
-                )
-                .order_by(DistributionRound.id)
-            ).scalars()
-        )
-
-
 def one_pass(engine=None) -> dict:
     """Run each step once; returns what each did (for logs and tests)."""
+    from claims.payouts import due_rounds, execute_in_background
     from flows.notify import deliver_notifications
-    from flows.payouts import execute_payouts
     from flows.verify import verify_claims
 
     engine = engine or get_engine()
@@ -67,11 +51,10 @@ def one_pass(engine=None) -> dict:
             done["verified"][code] = verify_claims(code)
         except Exception:  # noqa: BLE001 - logged, retried next pass
             log.exception("verification of case %s failed; retrying next pass", code)
-    for round_id in rounds_with_pending_payouts(engine):
-        try:
-            done["payouts"][round_id] = execute_payouts(round_id)
-        except Exception:  # noqa: BLE001
-            log.exception("payouts of round %s failed; retrying next pass", round_id)
+    # The same guarded executor the release endpoint starts (one run per round and process;
+    # the flow ``execute-payouts`` runs the same code under Prefect for ``worker``).
+    for round_id in due_rounds(engine):
+        done["payouts"][round_id] = execute_in_background(round_id, engine)
     try:
         done["notifications"] = deliver_notifications()
     except Exception:  # noqa: BLE001

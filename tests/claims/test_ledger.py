@@ -418,7 +418,7 @@ _label = st.text("abcXYZ019-", min_size=1, max_size=12)
 _tld = st.sampled_from(["com", "ORG", "kz", "test", "local", "c0m", "x", "example", "onion"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(local=_local, labels=st.lists(_label, min_size=1, max_size=3), tld=_tld)
 def test_ascii_email_shortcut_agrees_with_email_validator(local, labels, tld):
     """The ledger's shortcut past email-validator accepts nothing email-validator refuses and

@@ -211,13 +211,13 @@ def test_bulk_import_in_chunks(case, engine):
     from claims import intake
 
     chunks = []
-    rows = [(i + 2, row(i + 1)) for i in range(2500)]
-    outcome = intake.import_rows(CASE, rows, chunk_size=1000, on_chunk=lambda d: chunks.append(len(d)))
-    assert chunks == [1000, 1000, 500]
-    assert len(outcome.filed) == 2500 and outcome.rejected == []
-    assert len({ref for _, ref, _ in outcome.filed}) == 2500
+    rows = [(i + 2, row(i + 1)) for i in range(1100)]
+    outcome = intake.import_rows(CASE, rows, chunk_size=500, on_chunk=lambda d: chunks.append(len(d)))
+    assert chunks == [500, 500, 100]
+    assert len(outcome.filed) == 1100 and outcome.rejected == []
+    assert len({ref for _, ref, _ in outcome.filed}) == 1100
     counts = table_counts(engine)
-    assert counts["claim"] == 2500 and counts["notification"] == 2500
+    assert counts["claim"] == 1100 and counts["notification"] == 1100
 
 
 # ----------------------------------------------------------------------------- serve
