@@ -23,6 +23,12 @@ test: setup
 bench: setup
 	$(BIN)/python bench/run_all.py
 
+# gettext catalogs: extract, update and compile (the compiled .mo files are committed).
+translations: setup
+	$(BIN)/pybabel -q extract -F babel-emails.cfg -o templates/locale/emails.pot --project=Restitution --version=0.1 --copyright-holder="Restitution contributors" --msgid-bugs-address="" --sort-by-file --no-wrap templates/email
+	$(BIN)/pybabel -q update -D emails -i templates/locale/emails.pot -d templates/locale --no-wrap --ignore-obsolete
+	$(BIN)/pybabel compile -D emails -d templates/locale --statistics
+
 # Pre-release: one initial migration regenerated from claims/models.py.
 migration: setup
 	$(BIN)/python migrations/regenerate.py

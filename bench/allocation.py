@@ -108,6 +108,15 @@ def float_solve(claims, pool: int, method: str):
 # --------------------------------------------------------------------------------------------
 
 
+def calibrate() -> float:
+    """CPU seconds of a fixed pure-Python loop: compare runs made under different loads."""
+    c = time.process_time()
+    x = 0
+    for i in range(3_000_000):
+        x += i * i
+    return time.process_time() - c
+
+
 def run(n: int, seed: int, min_payout: int) -> None:
     import numpy as np
 
@@ -118,7 +127,7 @@ def run(n: int, seed: int, min_payout: int) -> None:
     print(
         f"{n:,} claims (seed {seed}), pool {fmt(pool)} USDT = 30 % of net losses; "
         f"generated in {time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}; calibration loop {calibrate():.3f} s CPU"
     )
     print()
     hdr = (
@@ -177,6 +186,7 @@ def run(n: int, seed: int, min_payout: int) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print()
     print(f"process max RSS {rss:,.0f} MiB (includes the {n:,} input records and the traced runs)")
+    print(f"load average now {os.getloadavg()[0]:.2f}; calibration loop {calibrate():.3f} s CPU")
 
 
 def main() -> None:

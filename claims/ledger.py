@@ -123,11 +123,15 @@ _ENTRY_MAP = {t: t for t in ENTRY_TYPES}
 
 
 def tx_hash_key(value: str) -> str | None:
-    """The match key of a transaction hash (ledger ``tx_hash`` or claim evidence): 64
-    lower-case hex digits without ``0x``; ``None`` when it is not such a hash."""
-    value = value.strip()
-    body = value[2:] if value[:2] in ("0x", "0X") else value
-    return body.lower() if _HEX64.fullmatch(body) else None
+    """The match key of a transaction hash (:func:`claims.validators.tx_hash_key`: 64
+    lower-case hex digits without ``0x``), or ``None`` when it is not such a hash."""
+    from claims.validators import ValidationFailed
+    from claims.validators import tx_hash_key as key
+
+    try:
+        return key(value.strip())
+    except ValidationFailed:
+        return None
 
 
 @dataclass

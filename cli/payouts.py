@@ -27,7 +27,6 @@ round, an illegal move) or, for ``release``/``execute``, the round stopped, and 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -385,5 +384,3 @@ def restart(
 def register(app: typer.Typer) -> None:
     app.add_typer(payouts_app, name="payouts")
 
-
-_ = sys

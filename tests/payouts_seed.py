@@ -105,7 +105,8 @@ def seed_round(engine, specs, *, case: str | None = None, status: str = "approve
             })
         for i in range(0, len(values), 5000):
             s.execute(insert(Claim), values[i : i + 5000])
-        ids = dict(s.execute(select(Claim.reference, Claim.id).where(Claim.case_id == case_id)).all())
+        ids = dict(s.execute(select(Claim.reference, Claim.id)
+                             .where(Claim.case_id == case_id)).all())
         allocated = sum(r[1] for r in rows)
         rnd = DistributionRound(
             case_id=case_id, number=1, status=status, method="pro-rata",

@@ -43,7 +43,7 @@ from api.auth import Finance, FinanceOrAuditor, staff_router
 from api.problems import problems
 from claims import idempotency, payouts, rounds
 from claims.db import get_engine, session_scope
-from claims.errors import DomainError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from claims.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from claims.models import PayoutState
 
 router = staff_router(tags=["payouts"])
@@ -387,5 +387,3 @@ def reconcile(id: str, staff: Finance) -> dict[str, Any]:
     payouts.require_finance(staff.actor, "reconcile a round")
     return payouts.reconcile_round(get_engine(), id, actor=staff.actor)
 
-
-_ = InvalidInput  # documented 422s come from InvalidInput raised in the domain

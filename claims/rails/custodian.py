@@ -43,7 +43,7 @@ from sqlmodel import Session
 from claims import audit, rounds
 from claims.audit import Actor
 from claims.db import lock_clause
-from claims.errors import InvalidInput
+from claims.errors import InvalidInput, PayoutError
 from claims.models import (
     CustodianConfirmation,
     DistributionRound,
@@ -117,8 +117,8 @@ def export_pending(session: Session, round_id: int, *, actor: Actor,
             [{"b_id": c.payout_id, "b_attempt": c.attempt, "b_addr": c.address} for c in items],
         )
         if res.rowcount != len(items):
-            raise InvalidInput([{"field": "payouts", "message": "changed while being exported; "
-                                 "run again"}])
+            raise PayoutError("payouts changed while being exported; nothing was exported, "
+                              "run again")
         open_attempts(session, [(c.payout_id, c.attempt, None, c.address) for c in items])
         audit.record(session, actor, "payouts.exported", "round", round_id, after={
             "rail": RAIL_CUSTODIAN, "payouts": [c.payout_id for c in items],
@@ -261,6 +261,21 @@ def parse_confirmations(data: str | bytes) -> list[ConfirmationRow]:
     if errors:
         raise InvalidInput(errors, "\n".join(f"{e['field']}: {e['message']}" for e in errors))
     return out
+
+
+def simulated_confirmations(lines: Sequence[dict[str, str]]) -> str:
+    """The embedded default's stand-in custodian (the demo): a confirmations file confirming
+    every instruction line, with a transaction id derived from its idempotency key (64 hex,
+    TRON-shaped). Never used with a real custodian."""
+    import hashlib
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["payout_id", "tx_id", "amount", "status"])
+    for line in lines:
+        tx = hashlib.sha256(f"custodian:{line['idempotency_key']}".encode()).hexdigest()
+        w.writerow([line["payout_id"], tx, line["amount"], "confirmed"])
+    return buf.getvalue()
 
 
 def import_confirmations(session: Session, round_id: object, data: str | bytes, *,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -196,7 +197,8 @@ class EvmExecutor:
             items, sign_and_store=self._sign, broadcast_and_wait=self._broadcast_and_wait,
             predict=self._predict,
         )
-        unsent = [(o.items[0], o.reason) for o in outcomes if o.kind == "failed" and o.signed is None]
+        unsent = [(o.items[0], o.reason) for o in outcomes
+                  if o.kind == "failed" and o.signed is None]
         if unsent:
             self._fail_unsent(unsent)
 
@@ -360,19 +362,16 @@ class EvmExecutor:
     def _mark(self, ctx_id: int, tx_hash: str, receipt: Receipt) -> None:
         """Record a mined transaction's outcome for its payouts (one transaction)."""
         with session_scope(self.engine, write=False) as s:
-            n_linked = len(s.execute(
-                select(Payout.id).where(Payout.chain_tx_id == ctx_id,
-                                        Payout.state.in_((P.signed.value, P.broadcast.value)))
-            ).all())
             linked_preview = s.execute(
                 select(Payout.id, Payout.address, Payout.amount)
                 .where(Payout.chain_tx_id == ctx_id,
                        Payout.state.in_((P.signed.value, P.broadcast.value)))
                 .order_by(Payout.id)
             ).all()
+        n_linked = len(linked_preview)
         checks = {}
         if receipt.ok and linked_preview:
-            results = self.rail.verify_transfers(tx_hash, [(r[1], r[2]) for r in linked_preview])
+            results = self._check_transfers(receipt, [(r[1], r[2]) for r in linked_preview])
             checks = {r[0]: res for r, res in zip(linked_preview, results, strict=True)}
         revert_reason = None
         if not receipt.ok and n_linked == 1:
@@ -406,6 +405,32 @@ class EvmExecutor:
                     "round": self.round_id, "tx_hash": tx_hash,
                     "payouts": [r[0] for r in rows]})
             self._step("before_mark", chain_tx=ctx_id, tx_hash=tx_hash, ok=receipt.ok)
+
+    def _check_transfers(self, receipt: Receipt,
+                         expected: Sequence[tuple[str, int]]) -> list[tuple[bool, str]]:
+        """Each expected (recipient, amount) against the receipt's ``Transfer`` events of the
+        token from the payout wallet (the receipt just read; the same rule as
+        ``rail.verify_transfers``, which reconciliation uses to read the chain again). An
+        event matches at most one payout."""
+        wallet = self.sender.lower()
+        unmatched = Counter((t.to, t.value) for t in receipt.transfers if t.sender == wallet)
+        sent: dict[str, list[int]] = {}
+        for t in receipt.transfers:
+            if t.sender == wallet:
+                sent.setdefault(t.to, []).append(t.value)
+        out = []
+        for to, amount in expected:
+            key = (to.lower(), amount)
+            if unmatched[key] > 0:
+                unmatched[key] -= 1
+                out.append((True, "ok"))
+            elif key[0] in sent:
+                out.append((False, f"amount differs: the chain sent "
+                                   f"{', '.join(map(str, sent[key[0]]))} micro-USDT to {to}, "
+                                   f"{amount} recorded"))
+            else:
+                out.append((False, f"no transfer of the token to {to} in {receipt.tx_hash}"))
+        return out
 
     def _mark_mined(self, s: Session, ctx_id: int, tx_hash: str, receipt: Receipt,
                     rows: Sequence[tuple], checks: dict, now) -> None:

@@ -76,7 +76,8 @@ def test_confirmation_mismatch_stops_the_round_until_resolved(client, engine, ma
     conf = ("payout_id,tx_id,amount\n"
             f"{lines[0]['payout_id']},T1,{lines[0]['amount']}\n"
             f"{lines[1]['payout_id']},T2,999\n")
-    r = client.post(f"{url}/confirmations", content=conf, headers={**fin, "Content-Type": "text/csv"})
+    r = client.post(f"{url}/confirmations", content=conf,
+                    headers={**fin, "Content-Type": "text/csv"})
     assert r.status_code == 200
     body = r.json()
     assert body["confirmed"] == 1

@@ -87,6 +87,13 @@ def server():
     from claims.rounds import prepare_round_committed
 
     mp.setattr(rounds_api, "PREPARE", prepare_round_committed)
+    # cheap argon2 (the sign-in policy is under test elsewhere, argon2's cost is not)
+    from argon2 import PasswordHasher
+
+    from claims import crypto
+
+    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    mp.setattr(crypto, "_hasher", lambda: hasher)
     app = create_app()
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
@@ -228,16 +235,3 @@ class Seeder:
         with session_scope(self.engine, write=False) as s:
             return s.execute(select(Claim.status).where(Claim.reference == reference)
                              ).scalar_one()
-
-
-def sign_in(page, username: str, password: str = PASSWORD) -> None:
-    page.goto("/staff/sign-in")
-    page.get_by_label("User name").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-
-
-def sign_out(page) -> None:
-    page.get_by_role("button", name="Sign out").click()
-    page.wait_for_url("**/staff/sign-in**")

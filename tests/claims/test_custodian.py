@@ -199,3 +199,14 @@ def test_only_finance_imports_confirmations(engine, fin):
     seeded = released(engine, fin, [("tron", USDT)])
     with pytest.raises(Forbidden):
         confirm(engine, seeded.round_id, "payout_id,tx_id,amount\n", Actor("a", "auditor"))
+
+
+def test_the_simulated_custodian_confirms_every_line_once(engine, fin):
+    seeded = released(engine, fin, [("tron", USDT + i) for i in range(3)])
+    with session_scope(engine) as s:
+        lines = custodian.instructions(s, seeded.round_id, actor=fin)
+    text = custodian.simulated_confirmations(lines)
+    assert confirm(engine, seeded.round_id, text, fin)["confirmed"] == 3
+    assert confirm(engine, seeded.round_id, text, fin)["already"] == 3
+    with session_scope(engine, write=False) as s:
+        assert s.get(DistributionRound, seeded.round_id).status == "settled"

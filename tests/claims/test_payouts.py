@@ -420,3 +420,40 @@ def test_two_workers_never_pay_one_claim_twice(engine, fin, rail):
         confirmed = s.execute(select(func.sum(Payout.amount)).where(
             Payout.state == "confirmed")).scalar_one()
     assert confirmed == sum(c.amount for c in seeded.evm)
+
+
+def test_a_worker_skips_payouts_another_worker_has_locked(engine, fin, rail):
+    """PostgreSQL: rows locked by another worker's open transaction are skipped, not waited
+    for (SQLite has one writer at a time: there the question does not arise)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("FOR UPDATE SKIP LOCKED is PostgreSQL's; SQLite serializes writers")
+    from sqlmodel import Session
+
+    seeded = seed_round(engine, [("ethereum", USDT + i) for i in range(6)])
+    release(engine, seeded.round_id, fin)
+    rows = state_of(engine, seeded.round_id)
+    locked = sorted(p.id for p in rows.values())[:2]
+    other = Session(engine)
+    other.execute(select(Payout).where(Payout.id.in_(locked)).with_for_update()).all()
+    outs = []
+    try:
+        run = payouts.RoundRun(engine, seeded.round_id, rail=rail, batch_size=10)
+        assert run.start() and run.evm_prepare()
+
+        def work():
+            outs.append(run.evm_batch())
+            outs.append(run.evm_batch())
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the worker waited for rows another worker holds"
+    finally:
+        other.rollback()
+        other.close()
+    assert outs[0]["confirmed"] == 4 and outs[1] is None
+    paid = {c.id for c in seeded.evm if rail.token_balance(c.address) == c.amount}
+    assert {p.id for cid, p in rows.items() if cid in paid} == set(rows[c].id for c in paid)
+    assert not paid & {cid for cid, p in rows.items() if p.id in locked}
+    out = payouts.execute_round(engine, seeded.round_id, rail=rail)
+    assert out["confirmed"] == 2 and out["status"] == "settled"
