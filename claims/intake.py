@@ -364,6 +364,7 @@ def file_many(
     source: str = "import",
     actor: Actor | None = None,
     tickets: Sequence[idempotency.Ticket | None] | None = None,
+    check_references: bool = True,
 ) -> list[Filed | DomainError]:
     """File a batch for one open ``case`` with bulk statements, in the caller's transaction.
 
@@ -372,7 +373,9 @@ def file_many(
     :class:`IdempotencyConflict`: its key was taken over meanwhile). The audit events (one per
     claim: by ``actor``, or each claim's claimant when ``actor`` is None) and ``received``
     notifications are written in bulk too; ``tickets`` (aligned with ``prepared``) are the
-    idempotency keys completed in the same transaction.
+    idempotency keys completed in the same transaction. ``check_references=False`` skips the
+    query that makes sure the random references are new (a collision then fails the insert
+    with ``IntegrityError``: for callers that retry, such as :class:`GroupCommit`).
     """
     tickets = list(tickets) if tickets is not None else [None] * len(prepared)
     conn = session.connection()
@@ -392,7 +395,12 @@ def file_many(
             todo.append(i)
     if not todo:
         return results
-    refs = _fresh_references(session, len(todo))
+    if check_references:
+        refs = _fresh_references(session, len(todo))
+    else:
+        refs = list(dict.fromkeys(new_reference() for _ in todo))
+        while len(refs) < len(todo):  # pragma: no cover - 40 random bits rarely repeat
+            refs = list(dict.fromkeys([*refs, new_reference()]))
     now = utcnow()
     rows: dict[int, dict[str, Any]] = {}
     tokens: dict[int, str] = {}
@@ -605,7 +613,7 @@ class GroupCommit:
                     continue
                 results = file_many(
                     s, case, [batch[i][0] for i in idx], source=self.source,
-                    tickets=[batch[i][1] for i in idx],
+                    tickets=[batch[i][1] for i in idx], check_references=False,
                 )
                 for i, r in zip(idx, results):
                     outcomes[i] = r

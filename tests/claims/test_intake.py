@@ -186,3 +186,51 @@ def test_idempotency_hash_is_canonical_and_keyed(monkeypatch):
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+def test_group_commit_files_concurrent_claims_in_one_transaction(case, engine, monkeypatch):
+    import asyncio
+
+    from claims.audit import verify_chain
+    from claims.db import session_scope
+    from claims.errors import InvalidInput
+    from claims.models import AuditEvent, Claim, Notification
+
+    gc = intake.GroupCommit(engine)
+    batches = []
+    real = gc._file_batch
+    monkeypatch.setattr(gc, "_file_batch", lambda b: (batches.append(len(b)), real(b))[1])
+    preps = [intake.prepare(data(n)) for n in (1, 2, 3)]
+    preps.append(intake.prepare(data(1, email="again@example.kz")))  # the same IIN again
+    preps.append(intake.prepare(data(4, case_id="no-such-case")))
+
+    async def go():
+        return await asyncio.gather(*(gc.file_async(p) for p in preps), return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert batches == [5]
+    assert [type(o).__name__ for o in out] == ["Filed", "Filed", "Filed", "DuplicateClaim", "InvalidInput"]
+    assert isinstance(out[4], InvalidInput) and out[4].errors[0]["field"] == "case_id"
+    with session_scope(engine, write=False) as s:
+        refs = set(s.execute(select(Claim.reference)).scalars())
+        assert refs == {o.reference for o in out[:3]}
+        assert len(s.execute(select(Notification)).scalars().all()) == 3
+        actors = s.execute(select(AuditEvent.actor).where(AuditEvent.action == "claim.filed")).scalars().all()
+        assert sorted(actors) == sorted(f"claimant:{r}" for r in refs)
+        assert verify_chain(s).ok
+
+
+def test_group_commit_refiles_one_by_one_when_the_batch_fails(case, engine, monkeypatch):
+    import asyncio
+
+    first = intake.file_claim_tx(intake.prepare(data(1)))
+    refs = iter([first.reference] + [f"KZR-0000-000{i}" for i in range(1, 9)])
+    monkeypatch.setattr(intake, "new_reference", lambda: next(refs))
+    gc = intake.GroupCommit(engine)
+
+    async def go():
+        return await asyncio.gather(gc.file_async(intake.prepare(data(2))),
+                                    gc.file_async(intake.prepare(data(3))))
+
+    a, b = asyncio.run(go())  # the batch's first reference collides: each is filed again alone
+    assert {a.reference, b.reference} <= {f"KZR-0000-000{i}" for i in range(1, 9)}
