@@ -28,6 +28,9 @@ translations: setup
 	$(BIN)/pybabel -q extract -F babel-emails.cfg -o templates/locale/emails.pot --project=Restitution --version=0.1 --copyright-holder="Restitution contributors" --msgid-bugs-address="" --sort-by-file --no-wrap templates/email
 	$(BIN)/pybabel -q update -D emails -i templates/locale/emails.pot -d templates/locale --no-wrap --ignore-obsolete
 	$(BIN)/pybabel compile -D emails -d templates/locale --statistics
+	$(BIN)/pybabel -q extract -F babel-pages.cfg -o templates/locale/pages.pot --project=Restitution --no-wrap .
+	$(BIN)/pybabel -q update -D pages -i templates/locale/pages.pot -d templates/locale --no-wrap --ignore-obsolete
+	$(BIN)/pybabel compile -D pages -d templates/locale --statistics
 
 # Pre-release: one initial migration regenerated from claims/models.py.
 migration: setup

@@ -665,7 +665,6 @@ class _KineticList:
         for u, v in zip(order, order[1:]):
             self._cert(u, v, push=False)
         heapify(self.heap)
-        self.size = len(order)
         self.work = 0
         self.deleted = 0
         self.pending: list[int] = []  # inserted after giving up: go to the tournament
@@ -691,7 +690,6 @@ class _KineticList:
         self.head = w
         if w is not None:
             del self.prv[w]
-        self.size -= 1
         self.deleted += 1
 
     def advance(self, N: int, D: int) -> None:
@@ -766,7 +764,6 @@ class _KineticList:
             nxt[i] = x
             self.prv[x] = i
             self._cert(i, x)
-        self.size += 1
 
     def over_budget(self) -> bool:
         # Worth it while crossings stay rare next to removals; otherwise the tournament's

@@ -17,6 +17,7 @@ import hmac
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -91,9 +92,13 @@ def _fields(
     }
 
 
+@lru_cache(maxsize=4)
+def _mac_key(key: str) -> bytes:
+    return hmac.new(key.encode(), b"restitution/audit-chain", hashlib.sha256).digest()
+
+
 def chain_hash(prev_hash: str, fields: dict, key: str | None = None) -> str:
-    k = (key or get_settings().secret_key).encode()
-    mac_key = hmac.new(k, b"restitution/audit-chain", hashlib.sha256).digest()
+    mac_key = _mac_key(key or get_settings().secret_key)
     return hmac.new(mac_key, prev_hash.encode() + canonical(fields), hashlib.sha256).hexdigest()
 
 
@@ -130,7 +135,16 @@ def record_many(
     actor: Actor,
     events: Iterable[tuple[str, str, object, Any, Any]],
 ) -> list[int]:
-    """Append many events (action, subject_type, subject_id, before, after) in one go."""
+    """Append many events (action, subject_type, subject_id, before, after) of one actor."""
+    return record_each(session, [(actor, *e) for e in events])
+
+
+def record_each(
+    session: Session,
+    events: Iterable[tuple[Actor, str, str, object, Any, Any]],
+) -> list[int]:
+    """Append events (actor, action, subject_type, subject_id, before, after) in order, with
+    one head lock, one insert and one head update for the lot."""
     events = list(events)
     if not events:
         return []
@@ -140,7 +154,7 @@ def record_many(
     prev = head.last_hash
     next_id = head.last_id
     rows = []
-    for action, subject_type, subject_id, before, after in events:
+    for actor, action, subject_type, subject_id, before, after in events:
         next_id += 1
         fields = _fields(
             next_id, now, actor.name, actor.role, action, subject_type, str(subject_id),

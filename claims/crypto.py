@@ -28,8 +28,13 @@ def _fernet(pii_key: str):
     return Fernet(base64.urlsafe_b64encode(_derive(pii_key, b"restitution/pii-encryption")))
 
 
+@lru_cache(maxsize=16)
+def _hash_key(pii_key: str, kind: str) -> bytes:
+    return _derive(pii_key, b"restitution/pii-hash/" + kind.encode())
+
+
 def pii_hash(value: str, *, kind: str = "iin", pii_key: str | None = None) -> str:
-    key = _derive(pii_key or get_settings().pii_key, b"restitution/pii-hash/" + kind.encode())
+    key = _hash_key(pii_key or get_settings().pii_key, kind)
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
