@@ -8,19 +8,14 @@ from typing import Annotated
 from fastapi import Depends
 from sqlmodel import Session
 
-from claims.db import get_engine
+from claims.db import get_engine, session_scope
 from claims.settings import Settings, get_settings
 
 
 def get_db() -> Iterator[Session]:
     """One write transaction per request: committed when the handler returns normally."""
-    with Session(get_engine(), expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with session_scope(get_engine()) as session:
+        yield session
 
 
 def get_read_db() -> Iterator[Session]:

@@ -367,9 +367,11 @@ def main() -> int:
         data = generate(n, seed=args.seed)
         all_tron(data)
         gen_s = time.perf_counter() - t
+        gen_rss = rss_mb()
         print(f"pipeline bench: {n:,} victims (all paid on TRON through the custodian file), "
               f"SQLite in {tmp}, {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f}; case data generated in {gen_s:.1f} s (not counted)",
+              f"{os.getloadavg()[0]:.1f}; case data generated in {gen_s:.1f} s (not counted; "
+              f"RSS {gen_rss:.0f} MB with it in memory)",
               flush=True)
 
         use_database(f"sqlite:///{direct_db}", direct_mail)
@@ -424,7 +426,7 @@ def main() -> int:
         print(f"{'total':<28} {total:>9.2f} {cpu_total:>7.2f} {rss_direct:>12.0f}")
         result = {"n": n, "total_s": round(total, 2), "goal_s": 120 if n == 100_000 else None,
                   "peak_rss_mb": round(rss_direct), "cpu_s": round(cpu_total, 2),
-                  "generate_s": round(gen_s, 2),
+                  "generate_s": round(gen_s, 2), "rss_after_generate_mb": round(gen_rss),
                   "stages": {k: round(v["seconds"], 2) for k, v in direct.stages.items()},
                   "state": {k: v for k, v in state_direct.items()}}
         print(f"\nall stages, notices delivered to the Maildir: {total:.1f} s for {n:,} victims "

@@ -10,7 +10,7 @@ from cli.common import print_json
 def register(app: typer.Typer) -> None:
     @app.command("notify")
     def notify(
-        batch_size: int = typer.Option(500, "--batch-size", min=1, max=10000),
+        batch_size: int = typer.Option(2000, "--batch-size", min=1, max=10000),
         use_flow: bool = typer.Option(False, "--flow", help="Run as the Prefect flow deliver-notifications."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:

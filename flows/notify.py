@@ -20,7 +20,7 @@ def deliver_notification_batch(batch_size: int) -> dict:
 
 
 @flow(name="deliver-notifications", log_prints=False)
-def deliver_notifications(batch_size: int = 500, max_batches: int | None = None) -> dict:
+def deliver_notifications(batch_size: int = 2000, max_batches: int | None = None) -> dict:
     """Deliver every due notification once; returns counts (sent, retry, failed, batches)."""
     total = DeliveryReport()
     while max_batches is None or total.batches < max_batches:

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, or_, select, update
 
 from claims.db import get_engine, is_sqlite, session_scope
 from claims.models import Notification, utcnow
@@ -90,7 +90,7 @@ def _host(public_url: str) -> str:
     return urlsplit(public_url).hostname or "localhost"
 
 
-def deliver_batch(engine: Engine, limit: int = 500, *, settings: Settings | None = None,
+def deliver_batch(engine: Engine, limit: int = 2000, *, settings: Settings | None = None,
                   transport=None) -> DeliveryReport:
     """Claim, render, send and record one batch. Returns what happened."""
     from notifications.render import render
@@ -121,26 +121,38 @@ def deliver_batch(engine: Engine, limit: int = 500, *, settings: Settings | None
         for n, res in zip(rendered, results):
             outcomes[n.id] = (_outcome(res), _reason(res))
     now = utcnow()
+    sent_ids, others = [], []
+    for n in batch:
+        outcome, reason = outcomes[n.id]
+        if outcome == "sent":
+            sent_ids.append(n.id)
+            report.sent += 1
+        elif outcome == "retry" and n.attempts < MAX_ATTEMPTS:
+            others.append({"b_id": n.id, "v_state": "pending", "v_next": now + backoff(n.attempts),
+                           "v_error": reason})
+            report.retry += 1
+        else:
+            others.append({"b_id": n.id, "v_state": "failed", "v_next": n.next_attempt_at,
+                           "v_error": reason or "too many attempts"})
+            report.failed += 1
+            report.errors.append(f"notification {n.id}: {reason}")
+    # Only the worker holding the claim (state still ``sending``) records the outcome.
+    table = Notification.__table__
     with session_scope(engine) as s:
-        for n in batch:
-            outcome, reason = outcomes[n.id]
-            if outcome == "sent":
-                values = {"state": "sent", "sent_at": now, "last_error": None}
-                report.sent += 1
-            elif outcome == "retry" and n.attempts < MAX_ATTEMPTS:
-                values = {"state": "pending", "next_attempt_at": now + backoff(n.attempts),
-                          "last_error": reason}
-                report.retry += 1
-            else:
-                values = {"state": "failed", "last_error": reason or "too many attempts"}
-                report.failed += 1
-                report.errors.append(f"notification {n.id}: {reason}")
-            # Only the worker holding the claim may record the outcome.
-            s.execute(
-                update(Notification)
-                .where(Notification.id == n.id, Notification.state == "sending")
-                .values(**values)
-                .execution_options(synchronize_session=False)
+        conn = s.connection()
+        for i in range(0, len(sent_ids), 900):
+            conn.execute(
+                update(table)
+                .where(table.c.id.in_(sent_ids[i : i + 900]), table.c.state == "sending")
+                .values(state="sent", sent_at=now, last_error=None)
+            )
+        if others:
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"), table.c.state == "sending")
+                .values(state=bindparam("v_state"), next_attempt_at=bindparam("v_next"),
+                        last_error=bindparam("v_error")),
+                others,
             )
     if report.failed:
         log.warning("%d notification(s) failed permanently", report.failed)
@@ -161,7 +173,7 @@ def _reason(result) -> str | None:
     return getattr(result, "reason", None) or getattr(result, "error", None)
 
 
-def deliver_pending(engine: Engine | None = None, *, batch_size: int = 500,
+def deliver_pending(engine: Engine | None = None, *, batch_size: int = 2000,
                     max_batches: int | None = None, settings: Settings | None = None,
                     transport=None) -> DeliveryReport:
     """Deliver every due notification once (``restitution notify``)."""

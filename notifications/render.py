@@ -80,20 +80,7 @@ from notifications.i18n import LANGUAGES, TEMPLATES_DIR, make_env
 EMAIL_TEMPLATES_DIR = TEMPLATES_DIR / "email"
 DOMAIN = "emails"
 
-KINDS: tuple[str, ...] = (
-    "received",
-    "needs_info",
-    "approved",
-    "rejected",
-    "dispute_received",
-    "dispute_settled",
-    "address_change_requested",
-    "address_changed",
-    "allocated",
-    "paid",
-    "failed",
-    "token_reset",
-)
+from claims.outbox import KINDS  # noqa: E402  (one list of notification kinds)
 
 # kind → (required keys, optional keys, keys that are amounts)
 _SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
