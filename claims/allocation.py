@@ -21,16 +21,17 @@ remainders (ties: claim id ascending, as strings) get one more micro-USDT until 
 the exact total, which is ``pool`` when ``r < 1`` and ``Σ (base_i − already_i)`` over the claims
 still in the plan when ``r = 1`` (an integer either way).
 
-Arithmetic is exact throughout: integers, one ``Fraction`` for the rate. Floats appear only as
-*sort keys* whose comparisons are trusted when they are strict (a correctly rounded quotient is
-monotone, so ``fl(x) < fl(y)`` implies ``x < y``); every float tie is settled with integers.
+Arithmetic is exact throughout: integers, one ``Fraction`` for the rate. Floats appear only to
+*sort* breakpoints: a correctly rounded quotient is monotone, and a split "fl(t) <= v" is an
+exact split at the rational halfway between v and the next float; every decision is an integer
+comparison.
 
 Complexity, n claims:
 
-* Solve: the breakpoints ``t_i = already_i / base_i`` are split around sampled pivots
-  (quickselect on the sorted-breakpoint order: every step evaluates the exact equation at a
-  pivot and drops the side that cannot hold ``r``), then the last few thousand are sorted
-  exactly. O(n) when the pivots split well, O(n log n) at worst (a pass that keeps more than
+* Solve: the breakpoints ``t_i = already_i / base_i`` are split around two sampled pivots
+  that bracket an estimate of ``r`` (selection on the sorted-breakpoint order: every pass
+  evaluates the exact equation at the pivots and drops the sides that cannot hold ``r``), then
+  the last few thousand are sorted exactly. O(n) when the pivots split well, O(n log n) at worst (a pass that keeps more than
   3/4 hands the rest to an exact sort). No per-claim Fraction is ever built: the equation is
   evaluated with integer sums of ``base`` and ``already`` over the active set.
 * De minimis: each removal re-solves incrementally — the removed claim leaves the integer sums,
@@ -59,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+import math
 from math import gcd
 from heapq import heapify, heappop, heappush
 from itertools import compress, repeat
@@ -426,11 +428,26 @@ class _HandleIds:
         return self._list
 
 
+def _cut(v: float) -> tuple[int, int]:
+    """The exact rational halfway between float ``v`` and the next float up.
+
+    Round-to-nearest makes it a clean cut: ``fl(t) <= v`` implies ``t <= cut`` and
+    ``fl(t) > v`` implies ``t >= cut`` (a t exactly on the cut adds 0 to f there either way).
+    """
+    n1, d1 = v.as_integer_ratio()
+    n2, d2 = math.nextafter(v, math.inf).as_integer_ratio()
+    return n1 * d2 + n2 * d1, 2 * d1 * d2
+
+
 def _select(pb: list[int], pa: list[int], pool: int) -> tuple[list[int], _Stream, int, int]:
     """Find the active set of the equation: the handles with ``t_h = pa_h / pb_h < r``.
 
     Returns (active handles, stream of the inactive ones in ascending t, A = Σ pa, B = Σ pb
     over the active set); then ``r = min(1, (pool + A) / B)``.
+
+    Each pass estimates r from an evenly spaced sample, brackets it between two sampled
+    breakpoints v1 <= v2, splits the undecided handles in one sweep of float comparisons (cut
+    exactly between floats, see ``_cut``) and decides each side with the exact equation.
     """
     tk = list(map(truediv, pa, pb))  # correctly rounded, so monotone in the exact quotient
     A = B = 0
@@ -438,49 +455,36 @@ def _select(pb: list[int], pa: list[int], pool: int) -> tuple[list[int], _Stream
     inactive_chunks: list[list[int]] = []  # each holds larger t than every later one
     U: list[int] | range = range(len(pb))
     while len(U) > _SORT_CUTOFF:
-        step = max(1, len(U) // 63)
-        sample = sorted([tk[U[j]] for j in range(0, len(U), step)])
-        p = sample[len(sample) // 2]
+        v1, v2 = _bracket(U, tk, pb, pa, pool, A, B)
         keys = tk if isinstance(U, range) else list(map(tk.__getitem__, U))
-        lo = list(compress(U, map(p.__gt__, keys)))
-        hi = list(compress(U, map(p.__lt__, keys)))
-        eq_lo: list[int] = []
-        eq_eq: list[int] = []
-        eq_hi: list[int] = []
-        if len(lo) + len(hi) < len(U):
-            same = list(compress(U, map(p.__eq__, keys)))
-            if p == 0.0:  # a positive quotient never rounds to 0.0
-                eq_eq = same
-            else:
-                num, den = p.as_integer_ratio()
-                for i in same:
-                    c = pa[i] * den - num * pb[i]
-                    (eq_lo if c < 0 else eq_eq if c == 0 else eq_hi).append(i)
-        # Exact f(p) = p·B' − A' over the handles with t < p (those at t == p add 0).
-        below = lo + eq_lo if eq_lo else lo
-        Bp = B + sum(map(pb.__getitem__, below))
-        Ap = A + sum(map(pa.__getitem__, below))
-        num, den = p.as_integer_ratio()
-        if num * Bp - Ap * den < pool * den:
-            # f(p) < pool: r > p, everything with t <= p is active.
-            A, B = Ap, Bp
-            for i in eq_eq:
-                A += pa[i]
-                B += pb[i]
-            active_chunks.append(below)
-            if eq_eq:
-                active_chunks.append(eq_eq)
-            newU = hi + eq_hi if eq_hi else hi
+        lo = list(compress(U, map(v1.__ge__, keys)))  # t <= cut(v1)
+        Blo = B + sum(map(pb.__getitem__, lo))
+        Alo = A + sum(map(pa.__getitem__, lo))
+        n1, d1 = _cut(v1)
+        if n1 * Blo - Alo * d1 >= pool * d1:
+            # f(cut1) >= pool: r <= cut1, everything above gets nothing.
+            inactive_chunks.append(list(compress(U, map(v1.__lt__, keys))))
+            newU = lo
         else:
-            # f(p) >= pool: r <= p, everything with t >= p gets nothing.
-            rest = hi
-            if eq_eq or eq_hi:
-                rest = hi + eq_eq + eq_hi
-            inactive_chunks.append(rest)
-            newU = below
+            A, B = Alo, Blo
+            active_chunks.append(lo)
+            rest = list(compress(U, map(v1.__lt__, keys)))
+            rkeys = list(map(tk.__getitem__, rest))
+            mid = list(compress(rest, map(v2.__ge__, rkeys)))  # cut1 <= t <= cut2
+            Bm = B + sum(map(pb.__getitem__, mid))
+            Am = A + sum(map(pa.__getitem__, mid))
+            n2, d2 = _cut(v2)
+            if n2 * Bm - Am * d2 < pool * d2:
+                # f(cut2) < pool: r > cut2, the middle is active too.
+                A, B = Am, Bm
+                active_chunks.append(mid)
+                newU = list(compress(rest, map(v2.__lt__, rkeys)))
+            else:
+                inactive_chunks.append(list(compress(rest, map(v2.__lt__, rkeys))))
+                newU = mid
         if 4 * len(newU) > 3 * len(U):
             # A poor split (float ties, skewed sample): finish with the exact sort. Every pass
-            # before this kept ≤ 3/4, so partitioning costs ≤ 4n in all and the sort O(n log n).
+            # before this kept <= 3/4, so partitioning costs O(n) in all and the sort O(n log n).
             U = newU
             break
         U = newU
@@ -500,6 +504,26 @@ def _select(pb: list[int], pa: list[int], pool: int) -> tuple[list[int], _Stream
     active.extend(U[:k])
     chunks = [U[k:]] + inactive_chunks[::-1]
     return active, _Stream(chunks, pb, pa, sorted_first=True), A, B
+
+
+
+def _bracket(U, tk: list[float], pb: list[int], pa: list[int], pool: int, A: int, B: int) -> tuple[float, float]:
+    """Two sampled breakpoints around an estimate of r (floats: only a guess, never a decision)."""
+    step = max(1, len(U) // 4096)
+    sample = sorted((tk[i], pb[i], pa[i]) for i in U[::step])
+    scale = len(U) / len(sample)
+    Bs, As = float(B), float(A)
+    j = len(sample)
+    for k, (t, b, a) in enumerate(sample):
+        if t * Bs - As >= pool:  # f at this breakpoint already reaches the pool
+            j = k
+            break
+        Bs += scale * b
+        As += scale * a
+    g = 2 * int(len(sample) ** 0.5) + 1
+    lo = sample[max(0, j - g)][0]
+    hi = sample[min(len(sample) - 1, j + g)][0]
+    return lo, hi
 
 
 def _exact_key(base: list[int], already: list[int], items: list[int]):

@@ -61,7 +61,7 @@ class Server:
         return get_engine(self.db_url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server():
     try:
         import playwright  # noqa: F401
@@ -117,7 +117,7 @@ def server():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(server):
     from playwright.sync_api import sync_playwright
 

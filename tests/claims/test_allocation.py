@@ -616,3 +616,20 @@ def test_kinetic_list_insert_breaks_share_ties_by_id():
     assert q.best() == 1
     q.delete(1)
     assert q.best() == 0
+
+
+def test_breakpoints_in_one_float_are_split_exactly():
+    # Ten breakpoints 1/2 + d/2^61 (d in -3..3) all round to the float 0.5; with the pool
+    # between 400 and 410 the rate falls among them. The partition must cut between floats and
+    # decide with integers: a cut at 0.5 itself counts the claims just above 1/2 as active.
+    big = 2**60
+    claims = []
+    for j, d in enumerate([-3, 2, -1, 3, 0, 1, -2, 2, -3, 1]):
+        b = big + 2 * j + (d % 2)
+        claims.append(C(f"h{j}", b, 0, (b + d) // 2))  # already/base = 1/2 + d/(2b)
+    claims += [C("n1", 1000, 0, 100), C("n2", 1000, 0, 900)]
+    for pool in range(395, 411):
+        with small_cutoffs():
+            res = allocate(claims, pool, "pro-rata")
+        assert shares(res) == ref_allocate(claims, pool, "pro-rata", 0)[1]
+        assert_balanced(res)
