@@ -70,6 +70,7 @@ from claims.allocation import (
     allocate,
     base_and_already,
     net_loss,
+    plan_summary,
     settle_share,
 )
 from claims.audit import Actor
@@ -279,6 +280,34 @@ def bulk_insert(session: Session, table, columns: Sequence[str], rows: list[tupl
         conn.exec_driver_sql(sql, rows[start:start + batch_size])
 
 
+def _solve_case(session: Session, case, pool: int, method: str, min_payout: int):
+    """The plan over the case's payable claims now: (claims, (invested, withdrawn) per claim,
+    paid_before by claim id, AllocationResult). Nothing is written."""
+    claims = payable_claims(session, case.id)
+    if not claims:
+        raise Conflict(f"case {case.code} has no approved or disputed claim to distribute to")
+    paid = paid_before(session, case.id)
+    disputed = ClaimStatus.disputed.value
+    amounts = [claim_amounts(c.invested, c.withdrawn, c.recognized_loss) for c in claims]
+    inputs = [_Input(c.reference, inv, wd, paid.get(c.id, 0), c.status == disputed)
+              for c, (inv, wd) in zip(claims, amounts)]
+    return claims, amounts, paid, allocate(inputs, pool, method, min_payout)
+
+
+def preview_round(session: Session, case_code: str, pool: int, method: str = PRO_RATA,
+                  min_payout: int = 0) -> dict:
+    """What :func:`prepare_round` would store now, for a caseworker to see before preparing;
+    nothing is written."""
+    validate_request(pool, method, min_payout)
+    case = get_case_by_code(session, case_code)
+    claims, _amounts, _paid, result = _solve_case(session, case, pool, method, min_payout)
+    return {**plan_summary(result), "rate_percent": rate_percent(result.rate),
+            "claims": len(claims), "net_winners": result.net_winner_count,
+            "de_minimis": result.excluded_count,
+            "disputed": sum(1 for c in claims if c.status == ClaimStatus.disputed.value),
+            "case_id": case.code, "method": method}
+
+
 def prepare_round(
     session: Session,
     case_code: str,
@@ -300,16 +329,7 @@ def prepare_round(
     case = get_case_by_code(session, case_code, for_update=True)
     superseded = _supersede_prepared(session, case.id)
     number = _next_number(session, case.id)
-    claims = payable_claims(session, case.id)
-    if not claims:
-        raise Conflict(f"case {case.code} has no approved or disputed claim to distribute to")
-    paid = paid_before(session, case.id)
-
-    disputed = ClaimStatus.disputed.value
-    amounts = [claim_amounts(c.invested, c.withdrawn, c.recognized_loss) for c in claims]
-    inputs = [_Input(c.reference, inv, wd, paid.get(c.id, 0), c.status == disputed)
-              for c, (inv, wd) in zip(claims, amounts)]
-    result = allocate(inputs, pool, method, min_payout)
+    claims, amounts, paid, result = _solve_case(session, case, pool, method, min_payout)
 
     now = utcnow()
     rate = result.rate

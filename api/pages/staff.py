@@ -451,34 +451,6 @@ def rounds_page(request: Request, staff: CaseworkerPage, session: ReadSessionDep
     return _rounds_page(request, staff, session)
 
 
-def preview_round(session, case_code: str, pool: int, method: str, min_payout: int
-                  ) -> dict[str, Any]:
-    """What :func:`claims.rounds.prepare_round` would store, computed by the pure solver on
-    the case's payable claims now; nothing is written."""
-    from claims import rounds
-    from claims.allocation import ClaimInput, allocate, plan_summary
-    from claims.cases import get_case_by_code
-    from claims.errors import Conflict
-
-    rounds.validate_request(pool, method, min_payout)
-    case = get_case_by_code(session, case_code)
-    rows = rounds.payable_claims(session, case.id)
-    if not rows:
-        raise Conflict(f"case {case.code} has no approved or disputed claim to distribute to")
-    paid = rounds.paid_before(session, case.id)
-    inputs = []
-    for r in rows:
-        inv, wd = rounds.claim_amounts(r.invested, r.withdrawn, r.recognized_loss)
-        inputs.append(ClaimInput(r.reference, inv, wd, paid.get(r.id, 0),
-                                 r.status == ClaimStatus.disputed.value))
-    result = allocate(inputs, pool, method, min_payout)
-    return {**plan_summary(result), "rate_percent": rounds.rate_percent(result.rate),
-            "claims": len(rows), "net_winners": result.net_winner_count,
-            "de_minimis": result.excluded_count,
-            "disputed": sum(1 for r in rows if r.status == ClaimStatus.disputed.value),
-            "case_id": case.code, "method": method}
-
-
 def _round_form(case_id: str, pool: str, method: str, min_payout: str
                 ) -> tuple[dict[str, str], dict[str, str], int | None, int | None]:
     form = {"case_id": case_id, "pool": pool, "method": method or "pro-rata",
@@ -503,6 +475,8 @@ def round_preview(request: Request, staff: CaseworkerPage, session: ReadSessionD
     if errors:
         return _rounds_page(request, staff, session, status=422, form=form, errors=errors)
     try:
+        from claims.rounds import preview_round
+
         preview = preview_round(session, form["case_id"], pool_v, form["method"], min_v)
     except DomainError as exc:
         return _rounds_page(request, staff, session, status=exc.status, form=form,
