@@ -14,7 +14,8 @@ database, Maildir), through the domain functions directly (no HTTP):
  1. case + ledger import       ``claims.cases.create_case``, ``claims.ledger.import_ledger``
  2. bulk filing                 ``claims.intake.prepare`` + ``file_many`` (1,000 a transaction)
  3. verification                ``claims.verification.run_verification``
- 4. caseworker decisions        ``claims.review.decide`` on every flagged claim (500 a txn)
+ 4. caseworker decisions        ``claims.review.decide_many`` on every flagged claim, 500 at a
+                                time (the bulk action of ``POST /api/v1/review/decisions``)
  5. round prepare (545,000 USDT) + approval by a second caseworker (``claims.rounds``)
  6. release                     ``claims.payouts.release_round`` (finance)
  7. execute payouts             ``claims.payouts.execute_round`` (custodian export)
@@ -159,11 +160,11 @@ def decide_flagged(engine, code: str, actor) -> dict:
                                         limit=DECIDE_CHUNK)["items"]
         if not items:
             return out
+        batch = [{"reference": item["reference"], **decision_for(item)} for item in items]
         with session_scope(engine) as s:
-            for item in items:
-                d = decision_for(item)
-                review.decide(s, item["reference"], actor=actor, **d)
-                out[d["decision"]] += 1
+            review.decide_many(s, batch, actor=actor)
+        for d in batch:
+            out[d["decision"]] += 1
 
 
 def prepare_round_direct(code: str, actor) -> int:

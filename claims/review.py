@@ -19,8 +19,10 @@ Rules (DESIGN.md "Claim lifecycle"; CONTRACT.md "Staff"):
   way (``invested = withdrawn + amount``), and then calls
   ``claims.rounds.on_dispute_settled(session, claim, amount, actor)`` when that module
   provides it (it moves the claim's reserve in its rounds to allocated / released).
-- Every change goes through :func:`claims.lifecycle.transition`: one transaction with the
-  audit event and the victim's notification. Nothing is written when a rule refuses.
+- Every change goes through :mod:`claims.lifecycle`: one transaction with the audit event
+  and the victim's notification. Nothing is written when a rule refuses.
+- :func:`decide_many` takes up to 500 decisions at once (the caseworker's bulk action), all
+  or none, with bulk statements; :func:`decide` is the same code for one claim.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from __future__ import annotations
 import importlib
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlmodel import Session
 
-from claims import lifecycle
+from claims import lifecycle, outbox
 from claims.audit import Actor
 from claims.db import lock_clause
 from claims.errors import IllegalTransition, InvalidInput, NotFound
@@ -291,13 +294,6 @@ def _reason(reason: object) -> str:
     return reason
 
 
-def _open_flags(session: Session, claim_id: int) -> list[Flag]:
-    return list(session.execute(
-        select(Flag).where(Flag.claim_id == claim_id, Flag.resolved_at.is_(None))
-        .order_by(Flag.id)
-    ).scalars().all())
-
-
 def _decision_out(d: Decision) -> dict[str, Any]:
     return {
         "id": str(d.id),
@@ -307,6 +303,31 @@ def _decision_out(d: Decision) -> dict[str, Any]:
         "overridden_flags": list(d.overridden_flags or []),
         "created_at": _ts(d.created_at),
     }
+
+
+def _check_decision(decision: object, reason: object, recognized_loss: object,
+                    field: str = "") -> tuple[str, str, int | None]:
+    """The input rules of one decision, before anything is read (``field`` prefixes the
+    names of the fields an error names, e.g. ``decisions[3].``)."""
+    try:
+        if decision not in DECISIONS:
+            raise InvalidInput([{"field": "decision",
+                                 "message": "must be approve, reject or request_info"}])
+        reason = _reason(reason)
+        if recognized_loss is not None:
+            if isinstance(recognized_loss, bool) or not isinstance(recognized_loss, int) \
+                    or recognized_loss < 0:
+                raise InvalidInput([{"field": "recognized_loss",
+                                     "message": "must be an amount ≥ 0"}])
+            if decision != "approve":
+                raise InvalidInput([{"field": "recognized_loss",
+                                     "message": "only an approval takes an amount"}])
+    except InvalidInput as exc:
+        if field:
+            for e in exc.errors:
+                e["field"] = field + e["field"]
+        raise
+    return decision, reason, recognized_loss  # type: ignore[return-value]
 
 
 def decide(
@@ -323,80 +344,175 @@ def decide(
     Returns ``{"reference", "status", "decision": {...}}``. Raises ``NotFound``,
     ``InvalidInput`` (reason, decision, recognized_loss) or ``IllegalTransition``.
     """
-    if decision not in DECISIONS:
-        raise InvalidInput([{"field": "decision", "message": "must be approve, reject or request_info"}])
-    reason = _reason(reason)
-    if recognized_loss is not None:
-        if isinstance(recognized_loss, bool) or not isinstance(recognized_loss, int) \
-                or recognized_loss < 0:
-            raise InvalidInput([{"field": "recognized_loss", "message": "must be an amount ≥ 0"}])
-        if decision != "approve":
-            raise InvalidInput([{"field": "recognized_loss",
-                                 "message": "only an approval takes an amount"}])
-    claim = _claim(session, reference, lock=True)
-    if claim.status != ClaimStatus.flagged.value:
-        raise IllegalTransition(
-            f"decisions are taken on flagged claims; {claim.reference} is {claim.status}")
+    checked = _check_decision(decision, reason, recognized_loss)
+    return _decide(session, [(reference, *checked)], actor=actor, field="")[0]
+
+
+MAX_BATCH = 500
+
+
+def decide_many(session: Session, decisions: Sequence[dict], *, actor: Actor) -> list[dict]:
+    """Several decisions at once (a caseworker's bulk action on the queue), all or none:
+    each item is ``{"reference", "decision", "reason", "recognized_loss"?}`` under the same
+    rules as :func:`decide`, and the result is :func:`decide`'s answer for each, in order.
+    An error names the item (``decisions[3].reason``); nothing is written then."""
+    if not isinstance(decisions, (list, tuple)) or not decisions:
+        raise InvalidInput([{"field": "decisions", "message": "must list at least one decision"}])
+    if len(decisions) > MAX_BATCH:
+        raise InvalidInput([{"field": "decisions",
+                             "message": f"at most {MAX_BATCH} decisions at once"}])
+    items: list[tuple[str, str, str, int | None]] = []
+    errors: list[dict] = []
+    seen: set[str] = set()
+    for i, d in enumerate(decisions):
+        field = f"decisions[{i}]."
+        if not isinstance(d, dict):
+            errors.append({"field": f"decisions[{i}]", "message": "must be an object"})
+            continue
+        reference = d.get("reference")
+        if not isinstance(reference, str) or not reference:
+            errors.append({"field": field + "reference", "message": "is required"})
+            continue
+        if reference in seen:
+            errors.append({"field": field + "reference",
+                           "message": f"{reference} is decided twice in this batch"})
+            continue
+        seen.add(reference)
+        try:
+            items.append((reference, *_check_decision(
+                d.get("decision"), d.get("reason"), d.get("recognized_loss"), field)))
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise InvalidInput(errors)
+    return _decide(session, items, actor=actor, field="decisions")
+
+
+def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]], *,
+            actor: Actor, field: str) -> list[dict]:
+    """Apply checked decisions ``(reference, decision, reason, recognized_loss)``: one
+    Decision row each, the claims moved by kind with bulk statements (audit events and the
+    victims' notifications with them), approved claims' open flags resolved."""
+    many = bool(field)
+    refs = [ref for ref, *_ in items]
+    for ref in refs:
+        if not _REFERENCE_SHAPE.fullmatch(ref):
+            raise NotFound(f"no claim {ref!r}")
+    stmt = select(Claim).where(Claim.reference.in_(refs))
+    if lock_clause(session):
+        stmt = stmt.with_for_update()
+    by_ref = {c.reference: c for c in session.execute(stmt).scalars()}
+    claims = []
+    for ref in refs:
+        claim = by_ref.get(ref)
+        if claim is None:
+            raise NotFound(f"no claim {ref}")
+        if claim.status != ClaimStatus.flagged.value:
+            raise IllegalTransition(
+                f"decisions are taken on flagged claims; {claim.reference} is {claim.status}")
+        claims.append(claim)
+
+    # approvals override the open flags: read them all at once
+    approve_ids = [c.id for c, (_, d, _, _) in zip(claims, items) if d == "approve"]
+    open_codes: dict[int, set[str]] = defaultdict(set)
+    if approve_ids:
+        for claim_id, code in session.execute(
+            select(Flag.claim_id, Flag.code)
+            .where(Flag.claim_id.in_(approve_ids), Flag.resolved_at.is_(None))
+        ):
+            open_codes[claim_id].add(code)
 
     now = utcnow()
-    values: dict[str, Any] = {"decided_at": now}
-    overridden: list[str] = []
-    open_flags: list[Flag] = []
-    if decision == "approve":
-        matched = claim.ledger_account_pk is not None and claim.recognized_loss is not None
-        if recognized_loss is None and not matched:
-            raise InvalidInput([{"field": "recognized_loss", "message":
-                                 "is required to approve a claim without a ledger match"}])
-        if not matched and recognized_loss == 0:
-            raise InvalidInput([{"field": "recognized_loss", "message": "must be greater than 0"}])
-        if recognized_loss is not None:
-            withdrawn = claim.withdrawn if matched and claim.withdrawn is not None else 0
-            values.update(recognized_loss=recognized_loss, withdrawn=withdrawn,
-                          invested=withdrawn + recognized_loss)
-        open_flags = _open_flags(session, claim.id)
-        overridden = sorted({f.code for f in open_flags})
+    values: dict[int, dict[str, Any]] = {}
+    rows = []
+    for i, (claim, (_, decision, reason, recognized_loss)) in enumerate(zip(claims, items)):
+        v: dict[str, Any] = {"decided_at": now}
+        overridden: list[str] = []
+        if decision == "approve":
+            matched = claim.ledger_account_pk is not None and claim.recognized_loss is not None
+            amount_field = (f"{field}[{i}]." if many else "") + "recognized_loss"
+            if recognized_loss is None and not matched:
+                raise InvalidInput([{"field": amount_field, "message":
+                                     "is required to approve a claim without a ledger match"}])
+            if not matched and recognized_loss == 0:
+                raise InvalidInput([{"field": amount_field,
+                                     "message": "must be greater than 0"}])
+            if recognized_loss is not None:
+                withdrawn = claim.withdrawn if matched and claim.withdrawn is not None else 0
+                v.update(recognized_loss=recognized_loss, withdrawn=withdrawn,
+                         invested=withdrawn + recognized_loss)
+            overridden = sorted(open_codes.get(claim.id, ()))
+        values[claim.id] = v
+        rows.append({
+            "claim_id": claim.id, "staff_id": actor.staff_id, "decision": decision,
+            "reason": reason,
+            "recognized_loss": recognized_loss if decision == "approve" else None,
+            "overridden_flags": overridden, "created_at": now,
+        })
+    decision_ids = session.execute(
+        insert(Decision).returning(Decision.id, sort_by_parameter_order=True), rows
+    ).scalars().all()
 
-    row = Decision(
-        claim_id=claim.id,
-        staff_id=actor.staff_id,
-        decision=decision,
-        reason=reason,
-        recognized_loss=recognized_loss if decision == "approve" else None,
-        overridden_flags=overridden,
-        created_at=now,
-    )
-    session.add(row)
-    session.flush()
-    extra = {"decision": decision, "decision_id": row.id, "reason": reason}
+    # the claims move by kind; each keeps its own audit detail and notice
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (_, decision, _, _) in enumerate(items):
+        groups[decision].append(i)
+    messages = []
+    for decision, idx in groups.items():
+        to, action, notify = _MOVES[decision]
+        batch = [claims[i] for i in idx]
+        audit_extra = {}
+        notices = []
+        for i in idx:
+            claim, row = claims[i], rows[i]
+            extra = {"decision": decision, "decision_id": decision_ids[i],
+                     "reason": row["reason"]}
+            if decision == "approve":
+                extra["overridden_flags"] = row["overridden_flags"]
+                loss = values[claim.id].get("recognized_loss", claim.recognized_loss)
+                ctx = {"recognized_loss": format_amount(loss)}
+            elif decision == "reject":
+                ctx = {"reason": row["reason"]}
+            else:
+                ctx = {"request": row["reason"]}
+                messages.append({"claim_id": claim.id, "kind": "request", "body": row["reason"],
+                                 "created_at": now})
+            audit_extra[claim.id] = extra
+            notices.append((claim, notify, ctx, None))
+        lifecycle.transition_many(
+            session, batch, to, actor=actor, action=action,
+            per_claim_values={c.id: values[c.id] for c in batch}, per_claim_audit=audit_extra,
+        )
+        outbox.enqueue_many(session, notices)
+    if messages:
+        session.execute(insert(ClaimMessage), messages)
+    resolve = [{"b_claim": claims[i].id, "b_decision": decision_ids[i]}
+               for i in range(len(items)) if items[i][1] == "approve"
+               and open_codes.get(claims[i].id)]
+    if resolve:
+        table = Flag.__table__
+        session.connection().execute(
+            update(table)
+            .where(table.c.claim_id == bindparam("b_claim"), table.c.resolved_at.is_(None))
+            .values(resolved_at=now, decision_id=bindparam("b_decision")),
+            resolve,
+        )
+    return [
+        {"reference": claim.reference, "status": claim.status,
+         "decision": {"id": str(decision_ids[i]), "decision": rows[i]["decision"],
+                      "reason": rows[i]["reason"],
+                      "recognized_loss": _amount(rows[i]["recognized_loss"]),
+                      "overridden_flags": list(rows[i]["overridden_flags"]),
+                      "created_at": _ts(now)}}
+        for i, claim in enumerate(claims)
+    ]
 
-    if decision == "approve":
-        final_loss = values.get("recognized_loss", claim.recognized_loss)
-        lifecycle.transition(
-            session, claim, ClaimStatus.approved, actor=actor, action="claim.approved",
-            notify="approved", notify_context={"recognized_loss": format_amount(final_loss)},
-            values=values, audit_extra={**extra, "overridden_flags": overridden},
-        )
-        if open_flags:
-            session.execute(
-                update(Flag).where(Flag.id.in_([f.id for f in open_flags]))
-                .values(resolved_at=now, decision_id=row.id)
-                .execution_options(synchronize_session=False)
-            )
-    elif decision == "reject":
-        lifecycle.transition(
-            session, claim, ClaimStatus.rejected, actor=actor, action="claim.rejected",
-            notify="rejected", notify_context={"reason": reason}, values=values,
-            audit_extra=extra,
-        )
-    else:
-        session.add(ClaimMessage(claim_id=claim.id, kind="request", body=reason, created_at=now))
-        lifecycle.transition(
-            session, claim, ClaimStatus.needs_info, actor=actor, action="claim.info_requested",
-            notify="needs_info", notify_context={"request": reason}, values=values,
-            audit_extra=extra,
-        )
-    session.flush()
-    return {"reference": claim.reference, "status": claim.status, "decision": _decision_out(row)}
+
+_MOVES = {
+    "approve": (ClaimStatus.approved, "claim.approved", "approved"),
+    "reject": (ClaimStatus.rejected, "claim.rejected", "rejected"),
+    "request_info": (ClaimStatus.needs_info, "claim.info_requested", "needs_info"),
+}
 
 
 def _rounds_hook():

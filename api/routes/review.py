@@ -205,6 +205,20 @@ class DecisionResponse(BaseModel):
     decision: DecisionResult
 
 
+class BatchDecisionIn(DecisionIn):
+    reference: str = Field(min_length=1, max_length=64)
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[BatchDecisionIn] = Field(min_length=1, max_length=review.MAX_BATCH)
+
+
+class BatchOut(BaseModel):
+    results: list[DecisionResponse]
+
+
 # ------------------------------------------------------------------ routes
 
 
@@ -249,6 +263,22 @@ def decision(reference: str, body: DecisionIn, staff: Caseworker, session: Sessi
     amount = parse_amount(body.recognized_loss) if body.recognized_loss is not None else None
     return review.decide(session, reference, decision=body.decision, reason=body.reason,
                          recognized_loss=amount, actor=staff.actor)
+
+
+@router.post(
+    "/api/v1/review/decisions",
+    response_model=BatchOut,
+    responses=problems(401, 403, 404, 409, 422),
+    summary="Several decisions at once, all or none (caseworker's bulk action)",
+)
+def decisions(body: BatchIn, staff: Caseworker, session: SessionDep) -> dict:
+    items = [
+        {"reference": d.reference, "decision": d.decision, "reason": d.reason,
+         "recognized_loss": (parse_amount(d.recognized_loss)
+                             if d.recognized_loss is not None else None)}
+        for d in body.decisions
+    ]
+    return {"results": review.decide_many(session, items, actor=staff.actor)}
 
 
 @router.post(

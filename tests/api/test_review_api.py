@@ -22,6 +22,7 @@ from claims.models import (
 )
 
 QUEUE = "/api/v1/review/claims"
+BATCH = "/api/v1/review/decisions"
 ROLES = ("caseworker", "finance", "admin", "auditor")
 
 
@@ -61,12 +62,15 @@ ENDPOINTS = {
                  "flagged", 200),
     "settle": ("POST", settle_url, {"amount": "500", "reason": "agreed on the phone"},
                "disputed", 200),
+    "batch": ("POST", lambda ref: BATCH, lambda ref: {"decisions": [
+        {"reference": ref, "decision": "reject", "reason": "forged receipts"}]}, "flagged", 200),
 }
 
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 def test_authorization_matrix(endpoint, client, make_staff, filed_claim, engine):
-    method, url, body, status, ok = ENDPOINTS[endpoint]
+    method, url, make_body, status, ok = ENDPOINTS[endpoint]
+    body = make_body
     reading = method == "GET"
     expected = {"caseworker": ok, "auditor": 200 if reading else 403,
                 "finance": 403, "admin": 403}
@@ -74,6 +78,8 @@ def test_authorization_matrix(endpoint, client, make_staff, filed_claim, engine)
     ledger = {"deposits": "1000", "withdrawals": "200"}
     # refused callers first, on one claim: nothing may change
     target = filed_claim(status=status, ledger=ledger)
+    if callable(make_body):
+        body = make_body(target.reference)
     before = counts(engine)
     for who, h in [("no token", {}), ("bad token", {"Authorization": "Bearer not-a-jwt"}),
                    ("empty bearer", {"Authorization": "Bearer "})]:
@@ -91,6 +97,8 @@ def test_authorization_matrix(endpoint, client, make_staff, filed_claim, engine)
     for role in ROLES:
         if expected[role] != 403:
             ref = filed_claim(status=status, ledger=ledger).reference if not reading else target.reference
+            if callable(make_body):
+                body = make_body(ref)
             r = client.request(method, url(ref), json=body, headers=headers[role])
             assert r.status_code == expected[role], (role, r.text)
 
@@ -397,11 +405,107 @@ def test_decision_is_one_transaction(client, make_staff, filed_claim, engine, mo
         raise RuntimeError("outbox down")
 
     monkeypatch.setattr(outbox, "enqueue", broken)
+    monkeypatch.setattr(outbox, "enqueue_many", broken)
     with pytest.raises(RuntimeError, match="outbox down"):
         decide(client, cw, fc.reference, decision="approve", reason="fine")
     assert counts(engine) == before
     with session_scope(engine, write=False) as s:
         assert s.execute(select(Flag.resolved_at).where(Flag.claim_id == fc.id)).scalar() is None
+
+
+# ------------------------------------------------------------------ bulk decisions
+
+
+def test_batch_decisions_act_like_single_ones(client, make_staff, filed_claim, engine):
+    """A caseworker's bulk action: each claim ends exactly as its single decision would
+    leave it (status, amounts, flags, decision row, audit event, the victim's notice)."""
+    cw = make_staff("caseworker")
+    ledger = {"deposits": "1000", "withdrawals": "400"}
+    keep = filed_claim(ledger=ledger, flags=["amount_differs", "duplicate_email"])
+    paper = filed_claim(flags=["no_ledger_match"], claimed_amount="700")
+    insider = filed_claim(flags=["insider"], ledger={"deposits": "50", "insider": True})
+    ask = filed_claim(flags=["missing_evidence"], ledger=ledger)
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": keep.reference, "decision": "approve", "reason": "ledger is right"},
+        {"reference": paper.reference, "decision": "approve", "reason": "paper receipts",
+         "recognized_loss": "650.25"},
+        {"reference": insider.reference, "decision": "reject", "reason": "a promoter"},
+        {"reference": ask.reference, "decision": "request_info", "reason": "send a receipt"},
+    ]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(x["reference"], x["status"]) for x in results] == [
+        (keep.reference, "approved"), (paper.reference, "approved"),
+        (insider.reference, "rejected"), (ask.reference, "needs_info")]
+    assert results[0]["decision"]["overridden_flags"] == ["amount_differs", "duplicate_email"]
+    assert results[1]["decision"]["recognized_loss"] == "650.25"
+    rows = {ref: claim_row(engine, ref) for ref in (keep.reference, paper.reference)}
+    assert (rows[keep.reference].recognized_loss, rows[keep.reference].invested) == (
+        600_000_000, 1000_000_000)
+    assert (rows[paper.reference].recognized_loss, rows[paper.reference].invested,
+            rows[paper.reference].withdrawn) == (650_250_000, 650_250_000, 0)
+    with session_scope(engine, write=False) as s:
+        notes = {n.claim_id: (n.kind, n.context) for n in s.execute(select(Notification)).scalars()}
+        decisions = {d.claim_id: d for d in s.execute(select(Decision)).scalars()}
+        flags = s.execute(select(Flag.claim_id, Flag.resolved_at, Flag.decision_id)).all()
+        events = {e.subject_id: e for e in s.execute(
+            select(AuditEvent).where(AuditEvent.subject_type == "claim")).scalars()}
+        request = s.execute(select(ClaimMessage).where(ClaimMessage.claim_id == ask.id)).scalar_one()
+        assert audit.verify_chain(s).ok
+    assert notes[keep.id] == ("approved", {"reference": keep.reference, "recognized_loss": "600"})
+    assert notes[paper.id][1]["recognized_loss"] == "650.25"
+    assert notes[insider.id] == ("rejected", {"reference": insider.reference, "reason": "a promoter"})
+    assert notes[ask.id] == ("needs_info", {"reference": ask.reference, "request": "send a receipt"})
+    for claim_id, resolved_at, decision_id in flags:
+        approved = claim_id in (keep.id, paper.id)
+        assert (resolved_at is not None) is approved
+        assert decision_id == (decisions[claim_id].id if approved else None)
+    assert request.kind == "request" and request.body == "send a receipt"
+    ev = events[keep.reference]
+    assert ev.action == "claim.approved" and ev.actor == cw.username
+    assert ev.after["overridden_flags"] == ["amount_differs", "duplicate_email"]
+    assert ev.after["decision_id"] == decisions[keep.id].id
+    assert events[ask.reference].action == "claim.info_requested"
+
+
+def test_batch_decisions_are_all_or_nothing(client, make_staff, filed_claim, engine):
+    cw = make_staff("caseworker")
+    good = filed_claim(flags=["amount_differs"], ledger={"deposits": "100"})
+    done = filed_claim(status="approved", ledger={"deposits": "100"})
+    paper = filed_claim(flags=["no_ledger_match"])
+    before = counts(engine)
+    # one claim is not flagged: 409 and nothing is written
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": good.reference, "decision": "approve", "reason": "fine"},
+        {"reference": done.reference, "decision": "reject", "reason": "no"}]})
+    assert r.status_code == 409, r.text
+    assert done.reference in r.json()["detail"]
+    # a rule that needs the claim (an amount to approve without a ledger match) names the item
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": good.reference, "decision": "approve", "reason": "fine"},
+        {"reference": paper.reference, "decision": "approve", "reason": "ok"}]})
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["decisions[1].recognized_loss"]
+    # input errors name every bad item; an unknown claim is 404; a claim twice is refused
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": good.reference, "decision": "approve", "reason": " "},
+        {"reference": paper.reference, "decision": "maybe", "reason": "x"}]})
+    assert r.status_code == 422
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert any("decisions" in f and "reason" in f for f in fields), fields
+    assert any("decisions" in f and "decision" in f for f in fields), fields
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": good.reference, "decision": "reject", "reason": "x"},
+        {"reference": "KZR-0000-0000", "decision": "reject", "reason": "x"}]})
+    assert r.status_code == 404
+    r = client.post(BATCH, headers=cw, json={"decisions": [
+        {"reference": good.reference, "decision": "reject", "reason": "x"},
+        {"reference": good.reference, "decision": "approve", "reason": "x"}]})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "decisions[1].reference"
+    r = client.post(BATCH, headers=cw, json={"decisions": []})
+    assert r.status_code == 422
+    assert counts(engine) == before
 
 
 # ------------------------------------------------------------------ settle
