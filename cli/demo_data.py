@@ -126,12 +126,16 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
     start = start or dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
     victims: list[Victim] = []
     shared_wallets: dict[int, str] = {}
+    used_iins: set[str] = set()
     for i in range(n):
         lang = rng.choices(["kk", "ru", "en"], weights=[40, 45, 15])[0]
         name = f"{rng.choice(FIRST[lang])} {rng.choice(LAST[lang])} {i:05d}"
         born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 53))
         sex = rng.choice(["M", "F"])
         iin = make_iin(born, sex, rng.randrange(0, 10000))
+        while iin in used_iins:  # one claim per IIN: a second person gets another serial
+            iin = make_iin(born, sex, (int(iin[7:11]) + 1) % 10000)
+        used_iins.add(iin)
         born = dt.date(2000 + int(iin[:2]), int(iin[2:4]), int(iin[4:6])) if iin[6] in "56" else \
             dt.date(1900 + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
         network = "tron" if rng.random() < 0.7 else "ethereum"
