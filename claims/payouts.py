@@ -276,7 +276,7 @@ def release_round(
             "release_id": release_id, "created_at": now, "updated_at": now,
         })
     for i in range(0, len(values), INSERT_CHUNK):
-        session.execute(insert(Payout), values[i : i + INSERT_CHUNK])
+        session.connection().execute(insert(Payout.__table__), values[i : i + INSERT_CHUNK])
     before = {"status": rnd.status}
     total = sum(v["amount"] for v in values)
     session.execute(
@@ -414,10 +414,10 @@ def open_attempts(
     ids = [r[0] for r in rows]
     existing = set()
     for i in range(0, len(ids), INSERT_CHUNK):
-        existing |= set(session.execute(
+        existing.update((p, a) for p, a in session.execute(
             select(PayoutAttempt.payout_id, PayoutAttempt.attempt).where(
                 PayoutAttempt.payout_id.in_(ids[i : i + INSERT_CHUNK]))
-        ).all())
+        ))
     now = utcnow()
     new = [
         {"payout_id": p, "attempt": a, "chain_tx_id": c, "address": addr, "created_at": now}
@@ -428,7 +428,7 @@ def open_attempts(
         for p, a, c, addr in rows if (p, a) in existing
     ]
     if new:
-        session.execute(insert(PayoutAttempt), new)
+        session.connection().execute(insert(PayoutAttempt.__table__), new)
     if old:
         t = PayoutAttempt.__table__
         session.connection().execute(

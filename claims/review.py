@@ -485,7 +485,7 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
         )
         outbox.enqueue_many(session, notices)
     if messages:
-        session.execute(insert(ClaimMessage), messages)
+        session.connection().execute(insert(ClaimMessage.__table__), messages)
     resolve = [{"b_claim": claims[i].id, "b_decision": decision_ids[i]}
                for i in range(len(items)) if items[i][1] == "approve"
                and open_codes.get(claims[i].id)]

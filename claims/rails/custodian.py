@@ -243,7 +243,8 @@ def parse_confirmations(data: str | bytes) -> list[ConfirmationRow]:
         tx_id = fields[idx["tx_id"]].strip()
         if not tx_id:
             problems.append("tx_id is empty")
-        elif len(tx_id) > MAX_TX_ID or any(ch.isspace() or not ch.isprintable() for ch in tx_id):
+        elif len(tx_id) > MAX_TX_ID or not tx_id.isprintable() or " " in tx_id:
+            # isprintable() is False for every whitespace character but the ASCII space
             problems.append("tx_id must be at most 128 printable characters without spaces")
         amount = None
         try:
@@ -287,14 +288,16 @@ def import_confirmations(session: Session, round_id: object, data: str | bytes, 
     rnd = rounds.get_round(session, round_id, lock=True)
     rid = rnd.id
     ids = sorted({r.payout_id for r in rows})
-    payouts: dict[int, Payout] = {}
+    payouts: dict[int, Any] = {}  # rows with the Payout columns read below
     recorded: dict[int, list[tuple[str, int, str]]] = {}
     for i in range(0, len(ids), INSERT_CHUNK):
         chunk = ids[i : i + INSERT_CHUNK]
-        stmt = select(Payout).where(Payout.id.in_(chunk), Payout.round_id == rid)
+        stmt = select(Payout.id, Payout.rail, Payout.amount, Payout.state, Payout.tx_id,
+                      Payout.attempt, Payout.claim_id, Payout.network) \
+            .where(Payout.id.in_(chunk), Payout.round_id == rid)
         if lock_clause(session):
             stmt = stmt.with_for_update()
-        for p in session.execute(stmt).scalars():
+        for p in session.execute(stmt):
             payouts[p.id] = p
         for pid, tx, amount, status in session.execute(
             select(CustodianConfirmation.payout_id, CustodianConfirmation.tx_id,
@@ -304,8 +307,8 @@ def import_confirmations(session: Session, round_id: object, data: str | bytes, 
             recorded.setdefault(pid, []).append((tx, amount, status))
     # state and tx of each payout as this import goes (rows of one file may repeat)
     state = {pid: (p.state, p.tx_id) for pid, p in payouts.items()}
-    confirm: list[tuple[ConfirmationRow, Payout]] = []
-    fail: list[tuple[ConfirmationRow, Payout]] = []
+    confirm: list[tuple[ConfirmationRow, Any]] = []
+    fail: list[tuple[ConfirmationRow, Any]] = []
     already = 0
     mismatches: list[tuple[ConfirmationRow, str]] = []
     for row in rows:
@@ -342,7 +345,7 @@ def import_confirmations(session: Session, round_id: object, data: str | bytes, 
                                     f"{current})"))
     now = utcnow()
     if confirm or fail:
-        session.execute(insert(CustodianConfirmation), [
+        session.connection().execute(insert(CustodianConfirmation.__table__), [
             {"round_id": rid, "payout_id": p.id, "tx_id": r.tx_id, "amount": r.amount,
              "status": r.status, "created_at": now} for r, p in confirm + fail
         ])
