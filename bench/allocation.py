@@ -5,7 +5,9 @@
 N claims (default 1,000,000; ``--quick`` = 20,000) shaped like a seized ledger: invested
 log-uniform between 10 and 100,000 USDT, 15 % net winners, the rest withdrew a uniform part of
 what they put in, 1 % disputed; pool = 30 % of the net losses. For each method it prints the
-exact solve (``claims.allocation.allocate``: wall and CPU seconds, peak traced memory), then a
+exact solve as a round prepares it (``claims.allocation.allocate(..., unique_ids=True)``: the
+ids are database keys; wall and CPU seconds, peak traced memory), the CPU seconds with the
+duplicate-id check that other callers get (``id-checked``), then a
 float64 NumPy solve of ``Σ max(0, r·base − already) = pool`` (sorted breakpoints, cumulative
 sums, shares rounded to the nearest micro-USDT) in the same run (best of 3 for both): its time,
 memory, the ratio of CPU times (the fairer one on a shared machine),
@@ -136,16 +138,17 @@ def run(n: int, seed: int, min_payout: int) -> None:
     )
     print()
     hdr = (
-        f"{'method':<12} {'exact wall s':>12} {'cpu s':>7} {'peak MiB':>9} │ {'float wall':>10} {'cpu s':>6} "
+        f"{'method':<12} {'exact wall s':>12} {'cpu s':>7} {'id-checked':>10} {'peak MiB':>9} │ {'float wall':>10} {'cpu s':>6} "
         f"{'peak MiB':>9} {'ratio':>6} │ {'float Σ−pool µ':>15} {'max |Δ| µ':>10} {'claims off':>10}"
     )
     print(hdr)
     print("─" * len(hdr))
     first_round = {}
     for method in ("pro-rata", "rising-tide"):
-        res, wall, cpu = timed(lambda: allocate(claims, pool, method), repeat=3)
+        res, wall, cpu = timed(lambda: allocate(claims, pool, method, unique_ids=True), repeat=3)
         first_round[method] = res
-        mem = traced_peak(lambda: allocate(claims, pool, method))
+        _, _, cpu_checked = timed(lambda: allocate(claims, pool, method), repeat=3)
+        mem = traced_peak(lambda: allocate(claims, pool, method, unique_ids=True))
         (r, rounded), fwall, fcpu = timed(lambda: float_solve(claims, pool, method), repeat=3)
         fmem = traced_peak(lambda: float_solve(claims, pool, method))
         exact = np.fromiter(
@@ -155,7 +158,7 @@ def run(n: int, seed: int, min_payout: int) -> None:
         imbalance = int(rounded.sum()) - (res.allocated + res.reserved)
         diff = np.abs(rounded - exact)
         print(
-            f"{method:<12} {wall:>12.3f} {cpu:>7.3f} {mem:>9.1f} │ {fwall:>10.3f} {fcpu:>6.3f} "
+            f"{method:<12} {wall:>12.3f} {cpu:>7.3f} {cpu_checked:>10.3f} {mem:>9.1f} │ {fwall:>10.3f} {fcpu:>6.3f} "
             f"{fmem:>9.1f} {cpu / fcpu:>6.1f} │ {imbalance:>+15,d} {int(diff.max()):>10,d} {int((diff > 0).sum()):>10,d}"
         )
         print(
@@ -172,8 +175,8 @@ def run(n: int, seed: int, min_payout: int) -> None:
     rnd = random.Random(seed + 1)
     for method in ("pro-rata", "rising-tide"):
         label = f"{method}, min payout {fmt(min_payout)} USDT"
-        res, wall, cpu = timed(lambda: allocate(claims, pool, method, min_payout))
-        mem = traced_peak(lambda: allocate(claims, pool, method, min_payout))
+        res, wall, cpu = timed(lambda: allocate(claims, pool, method, min_payout, unique_ids=True))
+        mem = traced_peak(lambda: allocate(claims, pool, method, min_payout, unique_ids=True))
         ok = res.allocated + res.reserved + res.undistributed == pool
         print(f"{label:<40} {wall:>8.3f} {cpu:>7.3f} {mem:>9.1f} {res.excluded_count:>9,d} {str(ok):>9}")
         # Round 2: what round 1 paid becomes paid_before; 5 % of claims arrive late (0 paid).
@@ -184,8 +187,8 @@ def run(n: int, seed: int, min_payout: int) -> None:
         ]
         pool2 = pool // 2
         label = f"{method}, round 2 catch-up, min {fmt(min_payout)}"
-        res, wall, cpu = timed(lambda: allocate(round2, pool2, method, min_payout))
-        mem = traced_peak(lambda: allocate(round2, pool2, method, min_payout))
+        res, wall, cpu = timed(lambda: allocate(round2, pool2, method, min_payout, unique_ids=True))
+        mem = traced_peak(lambda: allocate(round2, pool2, method, min_payout, unique_ids=True))
         ok = res.allocated + res.reserved + res.undistributed == pool2
         print(f"{label:<40} {wall:>8.3f} {cpu:>7.3f} {mem:>9.1f} {res.excluded_count:>9,d} {str(ok):>9}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -13,10 +13,15 @@ in turn, each to its own address, are rendered and delivered:
 - ``smtp``    — render + deliver to an aiosmtpd server on loopback (S server processes sharing
                 the port), C connections in parallel in total (threads in the W workers), one
                 connection per batch of B.
+- ``outbox``  — the path ``restitution notify`` and the pipeline take: N rows queued in a fresh
+                SQLite outbox, then ``notifications.delivery.deliver_pending`` into a Maildir
+                (claim a batch, render, write, sync, mark sent, blank secrets), with its default
+                of every core for a large backlog (``--outbox-workers`` to choose); CPU counts
+                this process and its helpers.
 
 Every message is checked at the end: the Maildir holds N files in ``new/``; the SMTP server
-accepted N messages with N distinct Message-IDs. Prints a table with messages/s and the ratio to
-the goal; ``--json`` prints one JSON object as the last line.
+accepted N messages with N distinct Message-IDs; the outbox has N rows sent and N files.
+Prints a table with messages/s and the ratio to the goal; ``--json`` prints one JSON object as the last line.
 
 Goals (issue 7): ≥ 5,000 messages/s to the Maildir and ≥ 1,000 messages/s over SMTP.
 The machine is shared (2 cores here): the server runs on the same cores as the senders.
@@ -42,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 PUBLIC_URL = "https://restitution.example.kz"
 MAIL_FROM = "Restitution <no-reply@restitution.example.kz>"
-GOALS = {"maildir": 5000.0, "smtp": 1000.0}
+GOALS = {"maildir": 5000.0, "smtp": 1000.0, "outbox": 5000.0}
 LANGS = ("kk", "ru", "en")
 
 
@@ -300,6 +305,58 @@ def bench_smtp(n: int, workers: int, connections: int, batch: int, server_procs:
     }
 
 
+def bench_outbox(n: int, batch: int, workers: int | None, parent: Path | None = None) -> dict[str, object]:
+    import resource
+    from types import SimpleNamespace
+
+    from sqlalchemy import func, select
+    from sqlmodel import Session
+
+    from claims import outbox
+    from claims.db import ensure_schema, make_engine
+    from claims.models import Notification
+    from claims.settings import Settings
+    from notifications import delivery
+
+    parent = parent or ROOT / "var"
+    parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-outbox-", dir=parent))
+    try:
+        engine = make_engine(f"sqlite:///{root / 'outbox.db'}")
+        ensure_schema(engine)
+        with Session(engine) as s:
+            for lo in range(0, n, 10_000):
+                items = []
+                for i in range(lo, min(lo + 10_000, n)):
+                    kind, lang, ctx, to = notification(i)
+                    claim = SimpleNamespace(id=None, reference=ctx.pop("reference"), language=lang, email=to)
+                    items.append((claim, kind, ctx, None))
+                outbox.enqueue_many(s, items)
+            s.commit()
+        settings = Settings(maildir=str(root / "mail"), public_url=PUBLIC_URL, mail_from=MAIL_FROM)
+        _warm()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        rep = delivery.deliver_pending(engine, batch_size=batch, settings=settings, workers=workers)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        used = delivery._pool_size + 1 if delivery._pool is not None else 1
+        delivery._drop_helpers()  # the helpers' CPU is counted once they have exited
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        helpers_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+        with Session(engine) as s:
+            sent = s.execute(select(func.count()).where(Notification.state == "sent")).scalar_one()
+        files = sum(1 for _ in os.scandir(root / "mail" / "new"))
+        assert rep.sent == sent == files == n, (rep.as_dict(), sent, files)
+        engine.dispose()
+        return {
+            "messages": n, "seconds": dt, "rate": n / dt, "workers": used, "batch": batch,
+            "cpu_us_per_message": (cpu + helpers_cpu) / n * 1e6,
+            "main_cpu_us_per_message": cpu / n * 1e6, "helpers_cpu_us_per_message": helpers_cpu / n * 1e6,
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=None, help="notifications (default 100,000; --quick 5,000)")
@@ -312,22 +369,29 @@ def main() -> None:
                     help="MaildirTransport durability (default: batch, the transport's default)")
     ap.add_argument("--maildir-parent", type=Path, default=ROOT / "var",
                     help="where the throw-away Maildir is made (default ./var, where RESTITUTION_MAILDIR lives)")
-    ap.add_argument("--only", choices=("render", "maildir", "smtp"), help="run one part (for profiling)")
+    ap.add_argument("--outbox-workers", type=int, default=None,
+                    help="processes for the outbox run (default: deliver_pending's own choice)")
+    ap.add_argument("--outbox-batch", type=int, default=None,
+                    help="batch of the outbox run (default: deliver_pending's 2,000, or N/10 for a small N)")
+    ap.add_argument("--only", choices=("render", "maildir", "smtp", "outbox"), help="run one part (for profiling)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.n or (5_000 if args.quick else 100_000)
+    args.outbox_batch = args.outbox_batch or min(2000, max(100, n // 10))
 
     if args.only:
         fn = {
             "render": lambda: bench_render(n),
             "maildir": lambda: bench_maildir(n, args.workers, args.batch, args.maildir_sync, args.maildir_parent),
             "smtp": lambda: bench_smtp(n, args.workers, args.connections, args.batch, args.server_procs),
+            "outbox": lambda: bench_outbox(n, args.outbox_batch, args.outbox_workers, args.maildir_parent),
         }[args.only]
         print(json.dumps({args.only: fn()}, separators=(",", ":")))
         return
     render = bench_render(min(n, 5_000))
     maildir = bench_maildir(n, args.workers, args.batch, args.maildir_sync, args.maildir_parent)
     smtp = bench_smtp(n, args.workers, args.connections, args.batch, args.server_procs)
+    outbox = bench_outbox(n, args.outbox_batch, args.outbox_workers, args.maildir_parent)
 
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -340,6 +404,7 @@ def main() -> None:
         ("maildir", maildir, f"{maildir['workers']} processes, sync={maildir['sync']}, {maildir['filesystem']}"),
         ("smtp", smtp, f"{smtp['workers']} processes × {smtp['connections'] // smtp['workers']} connections, "
                        f"{smtp['server_procs']} aiosmtpd process(es) on the same cores"),
+        ("outbox", outbox, f"deliver_pending from SQLite, {outbox['workers']} process(es), batch {outbox['batch']}"),
     ):
         goal = GOALS[name]
         print(f"{name:<9} {r['messages']:>9,} {r['seconds']:>8.2f} {r['rate']:>9,.0f} {goal:>7,.0f} "
@@ -347,10 +412,14 @@ def main() -> None:
     print(f"smtp CPU per message: senders {smtp['client_cpu_us_per_message']:,.0f} µs + server "
           f"{smtp['server_cpu_us_per_message']:,.0f} µs; CPU-bound ceiling on {cores} idle cores: maildir "
           f"{cores / maildir['cpu_us_per_message'] * 1e6:,.0f}/s, smtp {cores / smtp['cpu_us_per_message'] * 1e6:,.0f}/s")
+    print(f"outbox CPU per message: {outbox['cpu_us_per_message']:,.0f} µs (this process "
+          f"{outbox['main_cpu_us_per_message']:,.0f} + helpers {outbox['helpers_cpu_us_per_message']:,.0f}); "
+          f"outbox − maildir = {outbox['cpu_us_per_message'] - maildir['cpu_us_per_message']:,.0f} µs "
+          f"(the database's claim and mark)")
     print(f"smtp / maildir: {smtp['rate'] / maildir['rate']:.2f}; maildir / render(1 process): "
-          f"{maildir['rate'] / render['rate']:.2f}")
+          f"{maildir['rate'] / render['rate']:.2f}; outbox / maildir: {outbox['rate'] / maildir['rate']:.2f}")
     if args.json:
-        print(json.dumps({"n": n, "render": render, "maildir": maildir, "smtp": smtp,
+        print(json.dumps({"n": n, "render": render, "maildir": maildir, "smtp": smtp, "outbox": outbox,
                           "goals": GOALS}, separators=(",", ":")))
 
 

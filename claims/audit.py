@@ -15,12 +15,12 @@ import getpass
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from claims.models import AuditEvent, AuditHead, utcnow
@@ -71,8 +71,16 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+# The chain's one JSON form: sorted keys, no spaces, UTF-8 (``canonical``). ``canonical_text``
+# is the same as a str; the stored ``before``/``after`` are that text of the same values, so
+# what is hashed is exactly what is stored (any JSON reader gets the same values back).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+canonical_text = _CANONICAL.encode
+_json_str = json.encoder.encode_basestring  # a str as JSON, as ``canonical_text`` writes it
+
+
 def canonical(event: dict) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_text(event).encode()
 
 
 def _fields(
@@ -145,47 +153,118 @@ def record_each(
 ) -> list[int]:
     """Append events (actor, action, subject_type, subject_id, before, after) in order, with
     one head lock, one insert and one head update for the lot."""
-    events = list(events)
-    if not events:
-        return []
+    rows = [
+        (actor.name, actor.role, action, subject_type, str(subject_id),
+         canonical_text(jsonable(before)), canonical_text(jsonable(after)))
+        for actor, action, subject_type, subject_id, before, after in events
+    ]
+    return list(_append(session, rows))
+
+
+def record_texts(
+    session: Session,
+    actor: Actor,
+    action: str,
+    subject_type: str,
+    items: Iterable[tuple[str, str, str]],
+) -> range:
+    """Append events of one actor, action and subject type, whose ``before``/``after`` are
+    given already as :func:`canonical_text` of JSON-native values: ``items`` are
+    ``(subject_id, before_text, after_text)`` (``"null"`` for none). The bulk form of
+    :func:`record` for hot paths (a batch of claims): the event and its hash are exactly
+    what :func:`record` would write for the same values. Returns the new ids."""
+    name, role = actor.name, actor.role
+    return _append(session, [(name, role, action, subject_type, sid, b, a) for sid, b, a in items])
+
+
+def _append(session: Session, rows: list[tuple[str, str, str, str, str, str, str]]) -> range:
+    """Chain and insert ``(actor, role, action, subject_type, subject_id, before_text,
+    after_text)`` rows: one head lock, one bulk insert, one head update."""
+    if not rows:
+        return range(0)
     head = _lock_head(session)
-    key = get_settings().secret_key
+    mac_key = _mac_key(get_settings().secret_key)
     now = utcnow()
+    at = _json_str(now.astimezone(dt.UTC).isoformat())
+    at_db = bind_value(session, AuditEvent.__table__.c.occurred_at, now)
     prev = head.last_hash
-    next_id = head.last_id
-    rows = []
-    for actor, action, subject_type, subject_id, before, after in events:
-        next_id += 1
-        fields = _fields(
-            next_id, now, actor.name, actor.role, action, subject_type, str(subject_id),
-            jsonable(before), jsonable(after),
-        )
-        h = chain_hash(prev, fields, key)
-        rows.append(
-            {
-                "id": next_id,
-                "occurred_at": now,
-                "actor": actor.name,
-                "role": actor.role,
-                "action": action,
-                "subject_type": subject_type,
-                "subject_id": str(subject_id),
-                "before": fields["before"],
-                "after": fields["after"],
-                "prev_hash": prev,
-                "hash": h,
-            }
-        )
+    first = next_id = head.last_id + 1
+    digest = hmac.digest
+    out = []
+    # The canonical JSON of _fields(...), keys in sorted order, assembled from its parts (the
+    # parts that repeat are encoded once): byte for byte what canonical() gives.
+    parts: dict[tuple, tuple[str, str, str]] = {}
+    for actor, role, action, subject_type, subject_id, before, after in rows:
+        p = parts.get((actor, role, action, subject_type))
+        if p is None:
+            p = parts[(actor, role, action, subject_type)] = (
+                f'{{"action":{_json_str(action)},"actor":{_json_str(actor)},"after":',
+                f',"occurred_at":{at},"role":{_json_str(role)},"subject_id":',
+                f',"subject_type":{_json_str(subject_type)}}}',
+            )
+        body = (f'{p[0]}{after},"before":{before},"id":{next_id}{p[1]}'
+                f'{_json_str(subject_id)}{p[2]}')
+        h = digest(mac_key, (prev + body).encode(), "sha256").hex()
+        out.append((next_id, at_db, actor, role, action, subject_type, subject_id, before, after,
+                    prev, h))
         prev = h
-    session.connection().execute(insert(AuditEvent.__table__), rows)
+        next_id += 1
+    bulk_insert(session, AuditEvent.__table__, _EVENT_COLUMNS, out)
     session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)
-        .values(last_id=next_id, last_hash=prev, count=AuditHead.count + len(rows))
+        .values(last_id=next_id - 1, last_hash=prev, count=AuditHead.count + len(out))
     )
     # Keep the ORM's copy of the head in step (it may be read again in this transaction).
     session.expire(head)
-    return [r["id"] for r in rows]
+    return range(first, next_id)
+
+
+_EVENT_COLUMNS = ("id", "occurred_at", "actor", "role", "action", "subject_type", "subject_id",
+                  "before", "after", "prev_hash", "hash")
+
+
+# ------------------------------------------------------------------ bulk writes (hot paths)
+
+
+def bind_value(session: Session, column, value: Any) -> Any:
+    """``value`` as the driver takes it for ``column`` (the column type's bind processing, as
+    SQLAlchemy would apply it): compute once, pass to :func:`bulk_insert` many times."""
+    proc = bind_processor(session, column)
+    return proc(value) if proc is not None else value
+
+
+def bind_processor(session: Session, column) -> Callable[[Any], Any] | None:
+    """The bind processing ``column``'s type applies on the session's dialect (or None)."""
+    dialect = session.get_bind().dialect
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
+
+
+def driver_sql(session: Session, sql: str) -> str:
+    """``sql`` written with ``?`` markers, in the session's driver's parameter style."""
+    if session.get_bind().dialect.paramstyle == "qmark":
+        return sql
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def bulk_insert(session: Session, table, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    """INSERT ``rows`` (tuples in ``columns`` order, values already as the driver takes them:
+    ints, str, None, JSON as text, times through :func:`bind_value`) in the session's
+    transaction: ``COPY … FROM STDIN`` on PostgreSQL (psycopg), one ``executemany`` elsewhere —
+    no per-row statement compilation or type processing."""
+    if not rows:
+        return
+    conn = session.connection()
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        with conn.connection.driver_connection.cursor() as cur:
+            with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        return
+    marks = ", ".join("?" * len(columns))
+    conn.exec_driver_sql(driver_sql(session, f"INSERT INTO {table.name} ({names}) VALUES ({marks})"),
+                         list(rows))
 
 
 @dataclass

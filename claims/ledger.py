@@ -55,22 +55,29 @@ Totals (``ledger_account``): ``deposits``; ``withdrawals`` = withdrawals + bonus
 ``insider``. Only newly added rows are added to them (set-based SQL), so re-imports change
 nothing.
 
-How it is fast with flat memory: the file is streamed through :mod:`csv` once; each row is
-validated and appended to a TEMP staging table in chunks (``executemany`` on SQLite, ``COPY`` on
+How it is fast with flat memory: the file is streamed through :mod:`csv` once; a generator
+validates each row (the usual spellings inline, anything else through the rules above) and
+feeds the bulk writer of a TEMP staging table directly (``executemany`` on SQLite, ``COPY`` on
 PostgreSQL), inside the one transaction of the import. What stays in memory is bounded whatever
-the file size: a chunk of rows, small caches of repeated values (amounts, wallets, e-mails,
-phones, IIN hashes; 8,192 each) and, on SQLite, a 64 MiB page cache for the import's
-connection. Identical rows are found in SQL (GROUP BY on a 64-bit prefix of the key), then
-accounts, entries and match keys are written with ``INSERT … SELECT … ON CONFLICT DO NOTHING``
-and the totals updated from the new rows. Any bad row raises
-:class:`~claims.errors.LedgerImportError` after the whole file has been read (so it names every
-bad line) and before anything is written outside the staging table; the transaction then rolls
-back. Imports of one case are serialized (the case row is locked on PostgreSQL; SQLite's
-IMMEDIATE transaction serializes all writers).
+the file size: one row, small caches of repeated values (amounts, wallets, e-mails, phones, IIN
+hashes; 8,192 each) and, on SQLite, a 64 MiB page cache for the import's connection. Then
+set-based SQL: entries are written with ``INSERT … SELECT … ON CONFLICT (case_id, row_key) DO
+NOTHING``; only when some row was not added (a re-import, an extended file, identical rows) are
+identical rows looked for (GROUP BY on a 64-bit prefix of the key) and their n-th copies added
+under their own keys. Accounts, identity match keys and insiders come from the few staged rows
+that start a run of equal (account, identity values) — flagged while reading — not from every
+row; the totals and tx-hash keys from the new entries. (Checking the cells in SQL instead, from
+a staging table of raw text, was measured slower on SQLite: its string functions and GLOB cost
+more per row than the inline checks, and the row key needs a Python function anyway.) Any bad
+row raises :class:`~claims.errors.LedgerImportError` after the whole file has been read (so it
+names every bad line) and before anything is written outside the staging table; the transaction
+then rolls back. Imports of one case are serialized (the case row is locked on PostgreSQL;
+SQLite's IMMEDIATE transaction serializes all writers).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import hashlib
@@ -107,7 +114,6 @@ OPTIONAL_COLUMNS = ("tx_hash", "wallet", "email", "phone", "iin", "insider")
 ENTRY_TYPES = ("deposit", "withdrawal", "bonus")
 IDENTIFIER_KINDS = ("tx_hash", "iin", "email", "phone", "wallet")
 MAX_ACCOUNT_ID = 128
-CHUNK = 10_000
 SQLITE_CACHE_KIB = 64 * 1024
 PROGRESS_EVERY = 50_000
 _CACHE = 1 << 13  # per cache: memory stays small and flat; account rows are contiguous
@@ -166,6 +172,10 @@ class _HashingReader(io.RawIOBase):
         self._src = source
         self.sha = hashlib.sha256()
         self.bytes = 0
+        # False once a byte sequence that is not UTF-8 has passed: only then does the reading
+        # loop look for the undecodable characters in each row (C-speed check of the bytes).
+        self.utf8_ok = True
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
 
     def readable(self) -> bool:
         return True
@@ -178,6 +188,11 @@ class _HashingReader(io.RawIOBase):
         b[:n] = data
         self.sha.update(data)
         self.bytes += n
+        if self.utf8_ok:
+            try:
+                self._utf8.decode(data, final=not n)
+            except UnicodeDecodeError:
+                self.utf8_ok = False
         return n
 
 
@@ -444,70 +459,59 @@ def _parse_header(row: list[str]) -> tuple[dict[str, int], list[str]]:
 
 _STAGE_COLS = (
     "line", "k", "row_key", "account_id", "entry_type", "amount", "occurred_at", "tx_hash",
-    "wallet", "wallet_key", "email", "phone", "iin_hash", "insider",
+    "wallet", "wallet_key", "email", "phone", "iin_hash", "insider", "run_start",
 )
 
 
 class _Stage:
-    """The TEMP staging table and its bulk writer (executemany on SQLite, COPY on PostgreSQL)."""
+    """The TEMP staging table and its bulk writer (``executemany`` of a generator on SQLite,
+    ``COPY`` on PostgreSQL). ``run_start`` marks the rows whose account or identity values (wallet,
+    e-mail, phone, IIN hash, insider) differ from the previous row's: the match keys, accounts
+    and insiders are then built from those few rows (``ledger_ident``) instead of every row."""
+
+    TABLES = ("ledger_stage", "ledger_ident", "ledger_agg")
 
     def __init__(self, session: Session) -> None:
         self.conn = session.connection()
         self.sqlite = self.conn.dialect.name == "sqlite"
         self.dbapi = self.conn.connection.dbapi_connection
-        self._copy_cm = None
-        self._copy = None
+        self._cache_size = None
         self.drop()
         ts = "TEXT" if self.sqlite else "TIMESTAMP"
         pk = "INTEGER PRIMARY KEY" if self.sqlite else "BIGINT PRIMARY KEY"
-        tail = "" if self.sqlite else " ON COMMIT DROP"
+        self.tail = "" if self.sqlite else " ON COMMIT DROP"
         self.conn.exec_driver_sql(
             f"CREATE TEMP TABLE ledger_stage (line {pk}, k BIGINT NOT NULL, "
             f"row_key VARCHAR(64) NOT NULL, account_id VARCHAR(128) NOT NULL, "
             f"entry_type VARCHAR(16) NOT NULL, amount BIGINT NOT NULL, occurred_at {ts} NOT NULL, "
             f"tx_hash VARCHAR(128), wallet VARCHAR(128), wallet_key VARCHAR(128), "
             f"email VARCHAR(320), phone VARCHAR(32), iin_hash VARCHAR(64), "
-            f"insider INTEGER NOT NULL){tail}"
+            f"insider INTEGER NOT NULL, run_start INTEGER NOT NULL){self.tail}"
         )
-        self.cursor = self.dbapi.cursor()
-        self._cache_size = None
         if self.sqlite:
             # A bigger page cache for the import (a fixed cap, whatever the file size): the
             # random-order inserts into the (case_id, row_key) index thrash the default 2 MiB.
             self._cache_size = self.conn.exec_driver_sql("PRAGMA cache_size").scalar()
             self.conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-            self._sql = f"INSERT INTO ledger_stage VALUES ({', '.join('?' * len(_STAGE_COLS))})"
-        else:
-            self._copy_cm = self.cursor.copy(
-                f"COPY ledger_stage ({', '.join(_STAGE_COLS)}) FROM STDIN"
-            )
-            self._copy = self._copy_cm.__enter__()
 
-    def write(self, rows: list[tuple]) -> None:
-        if self.sqlite:
-            self.cursor.executemany(self._sql, rows)
-        else:
-            write_row = self._copy.write_row
-            for r in rows:
-                write_row(r)
-
-    def finish(self) -> None:
-        if self._copy_cm is not None:
-            cm, self._copy_cm = self._copy_cm, None
-            cm.__exit__(None, None, None)
-        self.cursor.close()
-
-    def abort(self) -> None:
-        if self._copy_cm is not None:
-            cm, self._copy_cm = self._copy_cm, None
-            try:
-                cm.__exit__(RuntimeError, RuntimeError("import aborted"), None)
-            except Exception:
-                pass
+    def write(self, rows: Any) -> None:
+        """Stream ``rows`` (an iterator of tuples in ``_STAGE_COLS`` order) into the stage."""
+        cursor = self.dbapi.cursor()
         try:
-            self.cursor.close()
-        except Exception:
-            pass
+            if self.sqlite:
+                cursor.executemany(
+                    f"INSERT INTO ledger_stage VALUES ({', '.join('?' * len(_STAGE_COLS))})",
+                    rows,
+                )
+            else:
+                with cursor.copy(
+                    f"COPY ledger_stage ({', '.join(_STAGE_COLS)}) FROM STDIN"
+                ) as copy:
+                    write_row = copy.write_row
+                    for r in rows:
+                        write_row(r)
+        finally:
+            cursor.close()
 
     def restore(self) -> None:
         """Give the pooled connection its page cache back."""
@@ -519,10 +523,9 @@ class _Stage:
                 pass
 
     def drop(self) -> None:
-        target = "temp.ledger_stage" if self.sqlite else "pg_temp.ledger_stage"
-        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {target}")
-        target = "temp.ledger_agg" if self.sqlite else "pg_temp.ledger_agg"
-        self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {target}")
+        schema = "temp" if self.sqlite else "pg_temp"
+        for table in self.TABLES:
+            self.conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{table}")
 
 
 # ----------------------------------------------------------------------------- import
@@ -573,20 +576,13 @@ def _import(
     stage: _Stage | None = None
     try:
         stage = _Stage(session)
-        read = _read_into_stage(stream, raw, rules, stage, progress, progress_every)
-        rows_read, errors, insiders = read
-        stage.finish()
+        rows_read, errors = _read_into_stage(stream, raw, rules, stage, progress, progress_every)
         if errors:
             raise LedgerImportError(errors)
         if progress:
             progress("storing", rows_read, raw.bytes)
-        result = _store(session, stage, case_id, case.code, rows_read, insiders,
-                        raw.sha.hexdigest())
+        result = _store(session, stage, case_id, case.code, rows_read, raw.sha.hexdigest())
         stage.drop()
-    except BaseException:
-        if stage is not None:
-            stage.abort()
-        raise
     finally:
         if stage is not None:
             stage.restore()
@@ -609,116 +605,158 @@ def _read_into_stage(
     stage: _Stage,
     progress: ProgressFn | None,
     progress_every: int,
-) -> tuple[int, list[str], set[str]]:
-    """Stream, validate and stage every row; returns (rows, bad lines, insider account ids)."""
+) -> tuple[int, list[str]]:
+    """Stream, validate and stage every row; returns (rows, bad lines).
+
+    One pass, one generator feeding the bulk writer directly (no per-chunk lists): the usual
+    spellings are checked inline, anything else goes through ``rules.check_*`` (which also
+    fill the caches); any ``ValueError`` → :func:`_diagnose` names every problem of the line.
+    After the first bad line rows are no longer staged, only checked (to name every bad line).
+    """
     errors: list[str] = []
-    insiders: set[str] = set()
     reader = csv.reader(stream, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        return 0, [f"line 1: {_read_error(exc)}"], insiders
+        return 0, [f"line 1: {_read_error(exc)}"]
     if header is None or not any(c.strip() for c in header):
         what = "the file is empty" if header is None else "the line is blank"
-        return 0, [f"line 1: {what}; expected the header {','.join(REQUIRED_COLUMNS)}"], insiders
+        return 0, [f"line 1: {what}; expected the header {','.join(REQUIRED_COLUMNS)}"]
     index, problems = _parse_header(header)
     if problems:
-        return 0, [f"line 1: {p}" for p in problems], insiders
+        return 0, [f"line 1: {p}" for p in problems]
+    counter = [0]
 
-    ncols = len(header)
-    i_acct, i_type, i_amt, i_when = (index[c] for c in REQUIRED_COLUMNS)
-    i_tx, i_wallet, i_email, i_phone, i_iin, i_ins = (index.get(c) for c in OPTIONAL_COLUMNS)
+    def rows() -> Any:
+        ncols = len(header)
+        i_acct, i_type, i_amt, i_when = (index[c] for c in REQUIRED_COLUMNS)
+        i_tx, i_wallet, i_email, i_phone, i_iin, i_ins = (index.get(c) for c in OPTIONAL_COLUMNS)
+        amounts, wallets, emails = rules.amounts, rules.wallets, rules.emails
+        phones, iins = rules.phones, rules.iins
+        check_entry_type, check_amount = rules.check_entry_type, rules.check_amount
+        check_when, check_tx = rules.check_occurred_at, rules.check_tx_hash
+        check_wallet = rules.check_wallet
+        check_email, check_phone, check_iin = rules.check_email, rules.check_phone, rules.check_iin
+        check_insider = rules.check_insider
+        future_text = rules.future_text
+        fromiso = _fromisoformat
+        control = _CONTROL.search
+        hex64 = _HEX64.fullmatch
+        amount_re = _AMOUNT_FAST.fullmatch
+        entry_map = _ENTRY_MAP
+        insider_map = _INSIDER
+        sha256 = hashlib.sha256
+        from_bytes = int.from_bytes
+        add_error = errors.append
+        n = 0
+        last = reader.line_num
+        next_progress = progress_every if progress else -1
+        prev: tuple = ()
+        tx = w = email = phone = iin_h = None
+        ins = False
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                add_error(f"line {last + 1}: {_read_error(exc)}")
+                last = reader.line_num
+                continue
+            line = last + 1
+            last = reader.line_num
+            if len(row) != ncols:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+                n += 1
+                add_error(f"line {line}: has {len(row)} fields, the header has {ncols}")
+            elif not raw.utf8_ok and any(_UNDECODABLE.search(c) for c in row):
+                n += 1
+                add_error(f"line {line}: {_diagnose(rules, row, index)[0]}")
+            else:
+                n += 1
+                try:
+                    acct = row[i_acct].strip()
+                    if not acct or len(acct) > MAX_ACCOUNT_ID or control(acct):
+                        raise ValueError
+                    cell = row[i_type]
+                    etype = entry_map.get(cell) or check_entry_type(cell)
+                    cell = row[i_amt]
+                    amount = amounts.get(cell)
+                    if amount is None:
+                        if (m := amount_re(cell)) is not None:
+                            whole, frac = m.groups()
+                            amount = int(whole) * 1_000_000 + (
+                                int(frac.ljust(6, "0")) if frac else 0)
+                            if not amount:
+                                raise ValueError
+                        else:
+                            amount = check_amount(cell)
+                    cell = row[i_when]
+                    # "YYYY-MM-DDTHH:MM:SSZ" (or a space for T), the usual export form.
+                    if (len(cell) == 20 and cell[19] == "Z" and cell[10] in "T "
+                            and cell[4] == "-" and cell[7] == "-" and cell[13] == ":"
+                            and cell[16] == ":"):
+                        when = f"{cell[:10]} {cell[11:19]}.000000"
+                        fromiso(when)  # a real date and time (ValueError → diagnosed)
+                        if when > future_text:
+                            raise ValueError
+                    else:
+                        when = check_when(cell)
+                    if i_tx is not None and (cell := row[i_tx]):
+                        body = cell[2:] if cell[:2] == "0x" else cell
+                        tx = body.lower() if hex64(body) else check_tx(cell)
+                    else:
+                        tx = None
+                    if i_wallet is not None:
+                        w = (wallets.get(cell) or check_wallet(cell)) if (
+                            cell := row[i_wallet]) else None
+                    if i_email is not None:
+                        email = (emails.get(cell) or check_email(cell)) if (
+                            cell := row[i_email]) else None
+                    if i_phone is not None:
+                        phone = (phones.get(cell) or check_phone(cell)) if (
+                            cell := row[i_phone]) else None
+                    if i_iin is not None:
+                        iin_h = (iins.get(cell) or check_iin(cell)) if (
+                            cell := row[i_iin]) else None
+                    if i_ins is not None:
+                        cell = row[i_ins]
+                        ins = insider_map.get(cell)
+                        if ins is None:
+                            ins = check_insider(cell)
+                except ValueError:
+                    add_error(f"line {line}: {'; '.join(_diagnose(rules, row, index))}")
+                else:
+                    if not errors:  # once the file is refused, rows are only checked
+                        digest = sha256(
+                            f"{acct}\x1f{etype}\x1f{amount}\x1f{when}\x1f{tx or ''}".encode()
+                        ).digest()
+                        ident = (acct, w, email, phone, iin_h, ins)
+                        first = ident != prev
+                        if first:
+                            prev = ident
+                        yield (
+                            line, from_bytes(digest[:8], "big", signed=True), digest.hex(),
+                            acct, etype, amount, when, tx, w[0] if w else None,
+                            w[1] if w else None, email, phone, iin_h,
+                            1 if ins else 0, 1 if first else 0,
+                        )
+            if n == next_progress:
+                next_progress += progress_every
+                progress("reading", n, raw.bytes)  # type: ignore[misc]
+        counter[0] = n
 
-    # The hot loop: common cases inline, everything else through rules.check_* (which also
-    # fills the caches). Any ValueError → _diagnose names every problem of the line.
-    amounts, wallets, emails = rules.amounts, rules.wallets, rules.emails
-    phones, iins = rules.phones, rules.iins
-    check_entry_type, check_amount = rules.check_entry_type, rules.check_amount
-    check_when, check_tx = rules.check_occurred_at, rules.check_tx_hash
-    check_wallet = rules.check_wallet
-    check_email, check_phone, check_iin = rules.check_email, rules.check_phone, rules.check_iin
-    check_insider = rules.check_insider
-    control = _CONTROL.search
-    hex64 = _HEX64.fullmatch
-    entry_map = _ENTRY_MAP
-    sha256 = hashlib.sha256
-    from_bytes = int.from_bytes
-
-    buf: list[tuple] = []
-    append = buf.append
-    rows = 0
-    last_line = reader.line_num
-    next_progress = progress_every
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            errors.append(f"line {last_line + 1}: {_read_error(exc)}")
-            last_line = reader.line_num
-            continue
-        line = last_line + 1
-        last_line = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # a blank line
-        rows += 1
-        if rows >= next_progress and progress:
-            next_progress += progress_every
-            progress("reading", rows, raw.bytes)
-        if len(row) != ncols:
-            errors.append(f"line {line}: has {len(row)} fields, the header has {ncols}")
-            continue
-        try:
-            acct = row[i_acct].strip()
-            if not acct or len(acct) > MAX_ACCOUNT_ID or control(acct):
-                raise ValueError
-            cell = row[i_type]
-            etype = entry_map.get(cell) or check_entry_type(cell)
-            cell = row[i_amt]
-            amount = amounts.get(cell) or check_amount(cell)
-            when = check_when(row[i_when])
-            tx = None
-            if i_tx is not None and (cell := row[i_tx]):
-                body = cell[2:] if cell[:2] == "0x" else cell
-                tx = body.lower() if hex64(body) else check_tx(cell)
-            w = None
-            if i_wallet is not None and (cell := row[i_wallet]):
-                w = wallets.get(cell) or check_wallet(cell)
-            email = None
-            if i_email is not None and (cell := row[i_email]):
-                email = emails.get(cell) or check_email(cell)
-            phone = None
-            if i_phone is not None and (cell := row[i_phone]):
-                phone = phones.get(cell) or check_phone(cell)
-            iin_h = None
-            if i_iin is not None and (cell := row[i_iin]):
-                iin_h = iins.get(cell) or check_iin(cell)
-            ins = check_insider(row[i_ins]) if i_ins is not None else False
-        except ValueError:
-            errors.append(f"line {line}: {'; '.join(_diagnose(rules, row, index))}")
-            continue
-        if errors:
-            continue  # the file is refused: keep reading only to name every bad line
-        digest = sha256(f"{acct}\x1f{etype}\x1f{amount}\x1f{when}\x1f{tx or ''}".encode()).digest()
-        if ins:
-            insiders.add(acct)
-            ins = 1
-        else:
-            ins = 0
-        append((
-            line, from_bytes(digest[:8], "big", signed=True), digest.hex(), acct, etype, amount,
-            when, tx, w[0] if w else None, w[1] if w else None, email, phone, iin_h, ins,
-        ))
-        if len(buf) >= CHUNK:
-            stage.write(buf)
-            buf.clear()
-    if buf and not errors:
-        stage.write(buf)
-    buf.clear()
+    stage.write(rows())
+    n = counter[0]
     if progress:
-        progress("reading", rows, raw.bytes)
-    return rows, errors, insiders
+        progress("reading", n, raw.bytes)
+    return n, errors
+
+
+# CONTRACT's amount form with at most 12 whole digits (so never above money.MAX_MICRO): the
+# value is then int(whole) * 10**6 + the decimals padded to 6 digits (claims.money's rule).
+_AMOUNT_FAST = re.compile(r"(0|[1-9][0-9]{0,11})(?:\.([0-9]{1,6}))?")
 
 
 def _read_error(exc: Exception) -> str:
@@ -759,55 +797,71 @@ def _store(
     case_id: int,
     case_code: str,
     rows_read: int,
-    insiders: set[str],
     file_sha: str,
 ) -> ImportResult:
     conn = stage.conn
     p = {"c": case_id}
 
-    # 1. Identical rows within the file: the n-th (n ≥ 2) gets its own key.
-    dups = conn.execute(text(
-        "SELECT line, row_key FROM ledger_stage WHERE k IN "
-        "(SELECT k FROM ledger_stage GROUP BY k HAVING count(*) > 1) ORDER BY line"
-    )).all()
-    seen: dict[str, int] = {}
-    fixes = []
-    for line, key in dups:
-        n = seen[key] = seen.get(key, 0) + 1
-        if n > 1:
-            fixes.append({"k": hashlib.sha256(f"{key}#{n}".encode()).hexdigest(), "line": line})
-    if fixes:
-        conn.execute(text("UPDATE ledger_stage SET row_key = :k WHERE line = :line"), fixes)
+    # The rows that start a new (account, identity values) run: a few per account.
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE ledger_ident{stage.tail} AS SELECT account_id, wallet_key, email, "
+        "phone, iin_hash, insider FROM ledger_stage WHERE run_start = 1"
+    )
 
     max_before = conn.execute(text("SELECT coalesce(max(id), 0) FROM ledger_entry")).scalar()
 
     # 2. Accounts (new ones start at zero; totals follow from the new entries).
     accounts_added = conn.execute(text(
         "INSERT INTO ledger_account (case_id, account_id, deposits, withdrawals, bonuses, insider) "
-        "SELECT :c, account_id, 0, 0, 0, false FROM ledger_stage WHERE true "
+        "SELECT :c, account_id, 0, 0, 0, false FROM ledger_ident WHERE true "
         "GROUP BY account_id ORDER BY account_id "
         "ON CONFLICT (case_id, account_id) DO NOTHING"
     ), p).rowcount
 
     # 3. Entries: only rows not stored before.
-    rows_added = conn.execute(text(
+    insert_entries = (
         "INSERT INTO ledger_entry (case_id, account_pk, row_key, entry_type, amount, occurred_at, "
         "tx_hash, wallet, email, phone, iin_hash) "
         "SELECT :c, a.id, s.row_key, s.entry_type, s.amount, s.occurred_at, s.tx_hash, s.wallet, "
         "s.email, s.phone, s.iin_hash "
         "FROM ledger_stage s CROSS JOIN ledger_account a "
-        "WHERE a.case_id = :c AND a.account_id = s.account_id ORDER BY s.line "
+        "WHERE a.case_id = :c AND a.account_id = s.account_id {} "
         "ON CONFLICT (case_id, row_key) DO NOTHING"
-    ), p).rowcount
+    )
+    rows_added = conn.execute(text(insert_entries.format("ORDER BY s.line")), p).rowcount
+
+    # 4. Identical rows within the file: the n-th (n ≥ 2) gets its own key. Only when some row
+    # was not added (a re-import, an extended file, or identical rows: each such n-th row lost
+    # the conflict on (case_id, row_key) to the first): those rows get their keys and go in.
+    dup_rows = 0
+    if rows_added < rows_read:
+        dups = conn.execute(text(
+            "SELECT line, row_key FROM ledger_stage WHERE k IN "
+            "(SELECT k FROM ledger_stage GROUP BY k HAVING count(*) > 1) ORDER BY line"
+        )).all()
+        seen: dict[str, int] = {}
+        fixes = []
+        for line, key in dups:
+            n = seen[key] = seen.get(key, 0) + 1
+            if n > 1:
+                fixes.append({"k": hashlib.sha256(f"{key}#{n}".encode()).hexdigest(),
+                              "line": line, "c": case_id})
+        if fixes:
+            dup_rows = len(fixes)
+            conn.execute(text("UPDATE ledger_stage SET row_key = :k WHERE line = :line"), fixes)
+            for fix in fixes:
+                rows_added += conn.execute(
+                    text(insert_entries.format("AND s.line = :line")), fix
+                ).rowcount
 
     identifiers_added = 0
     if rows_added:
         new = {"c": case_id, "m": max_before}
-        # 4. Totals from the new entries only.
+        # 5. Totals from the new entries only.
         conn.exec_driver_sql(
             "CREATE TEMP TABLE ledger_agg (account_pk BIGINT PRIMARY KEY, dep BIGINT NOT NULL, "
             "wd BIGINT NOT NULL, bon BIGINT NOT NULL)"
-            + ("" if stage.sqlite else " ON COMMIT DROP")
+            + stage.tail
         )
         conn.execute(text(
             "INSERT INTO ledger_agg (account_pk, dep, wd, bon) "
@@ -824,37 +878,35 @@ def _store(
             f"bonuses = bonuses + {agg.format('bon')} "
             "WHERE id IN (SELECT account_pk FROM ledger_agg)"
         ))
-        # 5. Match keys of the new entries.
-        for kind, column in (("tx_hash", "tx_hash"), ("iin", "iin_hash"), ("email", "email"),
-                             ("phone", "phone")):
-            identifiers_added += conn.execute(text(
-                f"INSERT INTO ledger_identifier (case_id, kind, value, account_pk) "
-                f"SELECT {'' if kind == 'tx_hash' else 'DISTINCT '}:c, '{kind}', {column}, "
-                f"account_pk FROM ledger_entry "
-                f"WHERE id > :m AND +case_id = :c AND {column} IS NOT NULL "
-                f"ORDER BY {column}, account_pk "
-                f"ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
-            ), new).rowcount
-    # Wallet keys come from the staging table (the key is computed by claims.validators);
-    # ON CONFLICT makes rows that were already stored cost one probe each. (CROSS JOIN: on
-    # SQLite it fixes the staging table as the outer loop — the other order has no index.)
-    identifiers_added += conn.execute(text(
-        "INSERT INTO ledger_identifier (case_id, kind, value, account_pk) "
-        "SELECT DISTINCT :c, 'wallet', s.wallet_key, a.id FROM ledger_stage s "
-        "CROSS JOIN ledger_account a "
-        "WHERE a.case_id = :c AND a.account_id = s.account_id AND s.wallet_key IS NOT NULL "
-        "ORDER BY s.wallet_key, a.id "
-        "ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
-    ), p).rowcount
+        # 6. Match keys: the tx hashes of the new entries (one per row) ...
+        identifiers_added += conn.execute(text(
+            "INSERT INTO ledger_identifier (case_id, kind, value, account_pk) "
+            "SELECT :c, 'tx_hash', tx_hash, account_pk FROM ledger_entry "
+            "WHERE id > :m AND +case_id = :c AND tx_hash IS NOT NULL "
+            "ORDER BY tx_hash, account_pk "
+            "ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
+        ), new).rowcount
+    # ... and the identity values of the accounts, from the few rows that start a run
+    # (ON CONFLICT: the values of rows stored before are there already; CROSS JOIN: on SQLite
+    # it fixes the small ledger_ident as the outer loop).
+    for kind, column in (("iin", "iin_hash"), ("email", "email"), ("phone", "phone"),
+                         ("wallet", "wallet_key")):
+        identifiers_added += conn.execute(text(
+            f"INSERT INTO ledger_identifier (case_id, kind, value, account_pk) "
+            f"SELECT DISTINCT :c, '{kind}', s.{column}, a.id FROM ledger_ident s "
+            f"CROSS JOIN ledger_account a "
+            f"WHERE a.case_id = :c AND a.account_id = s.account_id AND s.{column} IS NOT NULL "
+            f"ORDER BY s.{column}, a.id "
+            f"ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
+        ), p).rowcount
 
-    # 6. Insiders named by the file (never unmarked by an import).
-    insiders_marked = 0
-    for acct in sorted(insiders):
-        insiders_marked += conn.execute(text(
-            "UPDATE ledger_account SET insider = true, "
-            "insider_reason = coalesce(insider_reason, 'insider in the imported ledger') "
-            "WHERE case_id = :c AND account_id = :a AND NOT insider"
-        ), {"c": case_id, "a": acct}).rowcount
+    # 7. Insiders named by the file (never unmarked by an import).
+    insiders_marked = conn.execute(text(
+        "UPDATE ledger_account SET insider = true, "
+        "insider_reason = coalesce(insider_reason, 'insider in the imported ledger') "
+        "WHERE case_id = :c AND NOT insider AND account_id IN "
+        "(SELECT account_id FROM ledger_ident WHERE insider = 1)"
+    ), p).rowcount
 
     return ImportResult(
         case=case_code,
@@ -863,7 +915,7 @@ def _store(
         accounts_added=accounts_added,
         identifiers_added=identifiers_added,
         insiders_marked=insiders_marked,
-        duplicates_in_file=len(fixes),
+        duplicates_in_file=dup_rows,
         file_sha256=file_sha,
     )
 

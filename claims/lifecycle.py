@@ -17,6 +17,7 @@ set of payable claims may have changed. An illegal transition raises
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
 from claims import audit, outbox
-from claims.audit import Actor
+from claims.audit import (
+    Actor,
+    bind_processor,
+    bind_value,
+    canonical_text,
+    driver_sql,
+    jsonable,
+)
 from claims.errors import IllegalTransition
 from claims.models import Claim, ClaimStatus, DistributionRound, RoundStatus, utcnow
 
@@ -118,56 +126,106 @@ def transition_many(
 ) -> int:
     """Move a batch of claims (all in one current status) to ``to`` with bulk statements.
 
-    ``per_claim_values`` maps claim id → extra column values for that claim.
+    ``per_claim_values`` maps claim id → extra column values for that claim. ``claims`` are
+    model objects (updated in place, as :func:`transition` does) or plain rows with the
+    attributes read here (``id``, ``reference``, ``status``, ``case_id``, the columns of
+    ``per_claim_values``; ``language`` and ``email`` when notifying).
     """
     if not claims:
         return 0
     to = ClaimStatus(to).value
-    srcs = {c.status for c in claims}
-    for src in srcs:
-        check(src, to)
-    now = utcnow()
     per_claim_values = per_claim_values or {}
     per_claim_audit = per_claim_audit or {}
     keys = sorted({k for c in claims for k in per_claim_values.get(c.id, {})})
-    table = Claim.__table__
-    stmt = (
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.status == bindparam("b_src"))
-        .values(
-            status=to,
-            version=table.c.version + 1,
-            updated_at=now,
-            **{k: bindparam(f"v_{k}") for k in keys},
-        )
-    )
-    params = []
+    no_values: dict = {}
+    items = []
     for c in claims:
-        vals = per_claim_values.get(c.id, {})
-        row = {"b_id": c.id, "b_src": c.status}
-        row.update({f"v_{k}": vals.get(k, getattr(c, k)) for k in keys})
-        params.append(row)
-    res = session.connection().execute(stmt, params)
-    changed = res.rowcount
-    if changed != len(claims):
-        raise IllegalTransition(
-            f"{len(claims) - changed} claim(s) changed meanwhile; batch refused"
-        )
-    events = []
-    for c in claims:
-        vals = per_claim_values.get(c.id, {})
+        vals = per_claim_values.get(c.id, no_values)
         before = {"status": c.status, **{k: getattr(c, k) for k in vals}}
-        after = {"status": to, **vals, **per_claim_audit.get(c.id, {})}
-        events.append((action, "claim", c.reference, before, after))
-    audit.record_many(session, actor, events)
+        after = {"status": to, **vals, **per_claim_audit.get(c.id, no_values)}
+        items.append((c, [vals.get(k, getattr(c, k)) for k in keys],
+                      canonical_text(jsonable(before)), canonical_text(jsonable(after))))
+    now = utcnow()
+    changed = apply_transition(session, to, actor=actor, action=action, columns=keys,
+                               items=items, now=now)
     for c in claims:
-        _set(c, status=to, version=c.version + 1, updated_at=now, **per_claim_values.get(c.id, {}))
+        if hasattr(c, "_sa_instance_state"):  # a model object: reflect the change on it
+            _set(c, status=to, version=c.version + 1, updated_at=now,
+                 **per_claim_values.get(c.id, {}))
     if notify:
         outbox.enqueue_many(session, [(c, notify, notify_context or {}, None) for c in claims])
-    if to in PAYABLE or srcs & PAYABLE:
-        for case_id in {c.case_id for c in claims}:
-            mark_rounds_stale(session, case_id, actor=actor, because=f"{len(claims)} claims")
     return changed
+
+
+def apply_transition(
+    session: Session,
+    to: str,
+    *,
+    actor: Actor,
+    action: str,
+    columns: Sequence[str],
+    items: Sequence[tuple],
+    now: dt.datetime | None = None,
+) -> int:
+    """The bulk core of :func:`transition_many`, for hot paths that prepare the audit text
+    themselves: ``items`` are ``(claim, values, before_text, after_text)`` — ``claim`` a row or
+    object with ``id``, ``reference``, ``status`` and ``case_id``; ``values`` the new values of
+    ``columns`` (Python values, as for the model); the texts the audit event's ``before`` and
+    ``after`` as :func:`claims.audit.canonical_text` (``status`` and the changed columns
+    before, ``status``, the new values and any extra after). One guarded ``UPDATE`` per claim
+    in one ``executemany``, the audit events in one insert, prepared rounds made stale when a
+    claim becomes or stops being payable. No notification (the caller enqueues it). Refuses
+    the whole batch (:class:`IllegalTransition`) when any claim is no longer in its status."""
+    if not items:
+        return 0
+    to = ClaimStatus(to).value
+    srcs = {c.status for c, *_ in items}
+    for src in srcs:
+        check(src, to)
+    now = now or utcnow()
+    table = Claim.__table__
+    procs = [_memo(p) if p is not None else None
+             for p in (bind_processor(session, table.c[k]) for k in columns)]
+    sets = "".join(f", {k} = ?" for k in columns)
+    sql = (f"UPDATE {table.name} SET status = ?, version = version + 1, updated_at = ?{sets} "
+           "WHERE id = ? AND status = ?")
+    now_db = bind_value(session, table.c.updated_at, now)
+    if any(procs):
+        params = [
+            (to, now_db, *[p(v) if p else v for p, v in zip(procs, vals)], c.id, c.status)
+            for c, vals, _b, _a in items
+        ]
+    else:
+        params = [(to, now_db, *vals, c.id, c.status) for c, vals, _b, _a in items]
+    res = session.connection().exec_driver_sql(driver_sql(session, sql), params)
+    changed = res.rowcount
+    if changed != len(items):
+        raise IllegalTransition(
+            f"{len(items) - changed} claim(s) changed meanwhile; batch refused"
+        )
+    audit.record_texts(session, actor, action, "claim",
+                       [(c.reference, b, a) for c, _v, b, a in items])
+    if to in PAYABLE or srcs & PAYABLE:
+        for case_id in sorted({c.case_id for c, *_ in items}):
+            mark_rounds_stale(session, case_id, actor=actor, because=f"{len(items)} claims")
+    return changed
+
+
+def _memo(proc):
+    """``proc`` remembering its results by value (a batch sets the same time on every claim;
+    unhashable values are processed each time)."""
+    done: dict = {}
+
+    def process(value):
+        try:
+            return done[value]
+        except KeyError:
+            out = done[value] = proc(value)
+            return out
+        except TypeError:
+            return proc(value)
+
+    return process
 
 
 def touch(session: Session, claim: Claim, *, actor: Actor, action: str, values: dict,

@@ -3,9 +3,12 @@
 Conventions: ids are integers inside and strings at the edges; every time is UTC and
 timezone-aware (stored naive-UTC by :class:`UTCDateTime` so SQLite and PostgreSQL agree);
 personal data is never stored in plain where a hash or ciphertext will do (IIN).
-"""
 
-from __future__ import annotations
+Import time matters (every CLI command imports this module): annotations are evaluated as the
+classes are built (no ``from __future__ import annotations``, which made pydantic evaluate each
+one from a string), and the tables' pydantic validators are built on first use
+(``defer_build``), not at import — table models are constructed without validation anyway.
+"""
 
 import datetime as dt
 import enum
@@ -25,9 +28,16 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelConfig
 
 # An auto-incrementing big integer key (INTEGER on SQLite so it is the rowid).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class _Table(SQLModel):
+    """Base of every table: the same config as SQLModel's, with the pydantic build deferred."""
+
+    model_config = SQLModelConfig(defer_build=True)
 
 
 def utcnow() -> dt.datetime:
@@ -120,7 +130,7 @@ FLAG_CODES = (
 # ------------------------------------------------------------------ cases and the ledger
 
 
-class Case(SQLModel, table=True):
+class Case(_Table, table=True):
     __tablename__ = "case"
     id: int | None = Field(default=None, primary_key=True)
     code: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
@@ -131,7 +141,7 @@ class Case(SQLModel, table=True):
     closed_at: dt.datetime | None = _ts()
 
 
-class LedgerAccount(SQLModel, table=True):
+class LedgerAccount(_Table, table=True):
     """One account of the scheme's own records, with its totals kept current on import."""
 
     __tablename__ = "ledger_account"
@@ -146,7 +156,7 @@ class LedgerAccount(SQLModel, table=True):
     insider_reason: str | None = Field(default=None, sa_type=Text)
 
 
-class LedgerEntry(SQLModel, table=True):
+class LedgerEntry(_Table, table=True):
     __tablename__ = "ledger_entry"
     __table_args__ = (UniqueConstraint("case_id", "row_key"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -163,7 +173,7 @@ class LedgerEntry(SQLModel, table=True):
     iin_hash: str | None = Field(default=None, sa_type=String(64))
 
 
-class LedgerIdentifier(SQLModel, table=True):
+class LedgerIdentifier(_Table, table=True):
     """What links a claim to a ledger account: tx hashes, IIN hashes, emails, phones, wallets
     found in the ledger rows, normalized (the match keys of verification)."""
 
@@ -182,7 +192,7 @@ class LedgerIdentifier(SQLModel, table=True):
 # ------------------------------------------------------------------ claims
 
 
-class Claim(SQLModel, table=True):
+class Claim(_Table, table=True):
     __tablename__ = "claim"
     __table_args__ = (
         UniqueConstraint("case_id", "iin_hash"),
@@ -229,7 +239,7 @@ class Claim(SQLModel, table=True):
     decided_at: dt.datetime | None = _ts()
 
 
-class Flag(SQLModel, table=True):
+class Flag(_Table, table=True):
     __tablename__ = "flag"
     __table_args__ = (Index("ix_flag_claim_open", "claim_id", "resolved_at"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -241,7 +251,7 @@ class Flag(SQLModel, table=True):
     decision_id: int | None = Field(default=None, sa_type=BigInteger)
 
 
-class Decision(SQLModel, table=True):
+class Decision(_Table, table=True):
     __tablename__ = "decision"
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     claim_id: int = Field(sa_type=BigInteger, foreign_key="claim.id", index=True)
@@ -253,7 +263,7 @@ class Decision(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class ClaimMessage(SQLModel, table=True):
+class ClaimMessage(_Table, table=True):
     """Requests for information (staff → victim), replies and disputes (victim → staff)."""
 
     __tablename__ = "claim_message"
@@ -266,7 +276,7 @@ class ClaimMessage(SQLModel, table=True):
     answered_at: dt.datetime | None = _ts()
 
 
-class Document(SQLModel, table=True):
+class Document(_Table, table=True):
     __tablename__ = "document"
     id: str = Field(sa_type=String(36), primary_key=True)
     claim_id: int = Field(sa_type=BigInteger, foreign_key="claim.id", index=True)
@@ -277,7 +287,7 @@ class Document(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class AddressChange(SQLModel, table=True):
+class AddressChange(_Table, table=True):
     __tablename__ = "address_change"
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     claim_id: int = Field(sa_type=BigInteger, foreign_key="claim.id", index=True)
@@ -290,7 +300,7 @@ class AddressChange(SQLModel, table=True):
     applied_at: dt.datetime | None = _ts()
 
 
-class BlockedAddress(SQLModel, table=True):
+class BlockedAddress(_Table, table=True):
     __tablename__ = "blocked_address"
     id: int | None = Field(default=None, primary_key=True)
     address_key: str = Field(sa_column=Column(String(128), unique=True, nullable=False))
@@ -302,7 +312,7 @@ class BlockedAddress(SQLModel, table=True):
 # ------------------------------------------------------------------ staff
 
 
-class StaffUser(SQLModel, table=True):
+class StaffUser(_Table, table=True):
     __tablename__ = "staff_user"
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
@@ -321,7 +331,7 @@ class StaffUser(SQLModel, table=True):
 # ------------------------------------------------------------------ rounds
 
 
-class DistributionRound(SQLModel, table=True):
+class DistributionRound(_Table, table=True):
     __tablename__ = "distribution_round"
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="case.id", index=True)
@@ -346,7 +356,7 @@ class DistributionRound(SQLModel, table=True):
     release_token: str | None = Field(default=None, sa_type=String(64))
 
 
-class Allocation(SQLModel, table=True):
+class Allocation(_Table, table=True):
     __tablename__ = "allocation"
     __table_args__ = (UniqueConstraint("round_id", "claim_id"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -366,7 +376,7 @@ class Allocation(SQLModel, table=True):
 # ------------------------------------------------------------------ payouts
 
 
-class Payout(SQLModel, table=True):
+class Payout(_Table, table=True):
     __tablename__ = "payout"
     __table_args__ = (
         UniqueConstraint("round_id", "claim_id"),
@@ -399,7 +409,7 @@ class Payout(SQLModel, table=True):
     reconciled_at: dt.datetime | None = _ts()
 
 
-class ChainTx(SQLModel, table=True):
+class ChainTx(_Table, table=True):
     """A signed transaction (one transfer or one disperse batch), committed before broadcast."""
 
     __tablename__ = "chain_tx"
@@ -422,7 +432,7 @@ class ChainTx(SQLModel, table=True):
     updated_at: dt.datetime = _ts(nullable=False)
 
 
-class PayoutAttempt(SQLModel, table=True):
+class PayoutAttempt(_Table, table=True):
     __tablename__ = "payout_attempt"
     __table_args__ = (UniqueConstraint("payout_id", "attempt"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -435,7 +445,7 @@ class PayoutAttempt(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class CustodianConfirmation(SQLModel, table=True):
+class CustodianConfirmation(_Table, table=True):
     __tablename__ = "custodian_confirmation"
     __table_args__ = (UniqueConstraint("payout_id", "tx_id", "status"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -447,7 +457,7 @@ class CustodianConfirmation(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class Mismatch(SQLModel, table=True):
+class Mismatch(_Table, table=True):
     """A reconciliation mismatch: it stops further transfers of its round until resolved."""
 
     __tablename__ = "mismatch"
@@ -465,7 +475,7 @@ class Mismatch(SQLModel, table=True):
 # ------------------------------------------------------------------ outbox, audit, idempotency
 
 
-class Notification(SQLModel, table=True):
+class Notification(_Table, table=True):
     __tablename__ = "notification"
     __table_args__ = (Index("ix_notification_due", "state", "next_attempt_at"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
@@ -484,7 +494,7 @@ class Notification(SQLModel, table=True):
     created_at: dt.datetime = _ts(nullable=False)
 
 
-class AuditEvent(SQLModel, table=True):
+class AuditEvent(_Table, table=True):
     __tablename__ = "audit_event"
     # A claim's own events (the victim's status timeline) without scanning the whole trail.
     __table_args__ = (Index("ix_audit_event_subject", "subject_type", "subject_id"),)
@@ -501,7 +511,7 @@ class AuditEvent(SQLModel, table=True):
     hash: str = Field(sa_type=String(64))
 
 
-class AuditHead(SQLModel, table=True):
+class AuditHead(_Table, table=True):
     """The chain head (one row), locked by every writer so concurrent writers never fork it."""
 
     __tablename__ = "audit_head"
@@ -511,7 +521,7 @@ class AuditHead(SQLModel, table=True):
     count: int = Field(default=0, sa_type=BigInteger)
 
 
-class IdempotencyKey(SQLModel, table=True):
+class IdempotencyKey(_Table, table=True):
     __tablename__ = "idempotency_key"
     __table_args__ = (UniqueConstraint("scope", "key"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)

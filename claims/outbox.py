@@ -3,12 +3,12 @@ announce. Delivery (rendering, SMTP/Maildir) lives in ``notifications/``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
-from claims.audit import jsonable
+from claims.audit import bind_value, bulk_insert, jsonable
 from claims.models import Claim, Notification, utcnow
 
 KINDS = (
@@ -41,26 +41,36 @@ def enqueue(
 def enqueue_many(
     session: Session, items: Iterable[tuple[Claim, str, dict, str | None]]
 ) -> int:
-    """Queue notifications (claim, kind, context, to_email or None for the claim's email)."""
-    now = utcnow()
+    """Queue notifications (claim, kind, context, to_email or None for the claim's email).
+
+    ``claim`` is anything with the claim's ``id``, ``reference``, ``language`` and ``email``
+    (a model object or a plain row)."""
+    return enqueue_texts(session, [
+        (claim, kind, json.dumps({"reference": claim.reference, **jsonable(context or {})}),
+         to_email)
+        for claim, kind, context, to_email in items
+    ])
+
+
+def enqueue_texts(session: Session, items: Iterable[tuple[Claim, str, str, str | None]]) -> int:
+    """:func:`enqueue_many` with each context already as JSON text — the text
+    :func:`context_text` gives (hot paths build it without the generic conversion)."""
+    now = bind_value(session, Notification.__table__.c.created_at, utcnow())
     rows = []
     for claim, kind, context, to_email in items:
         if kind not in KINDS:
             raise ValueError(f"unknown notification kind {kind!r}")
-        ctx = {"reference": claim.reference, **jsonable(context or {})}
-        rows.append(
-            {
-                "claim_id": claim.id,
-                "kind": kind,
-                "language": claim.language,
-                "to_email": to_email or claim.email,
-                "context": ctx,
-                "state": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-        )
-    if rows:
-        session.connection().execute(insert(Notification.__table__), rows)
+        rows.append((claim.id, kind, claim.language, to_email or claim.email, context, "pending", 0,
+                     now, now))
+    bulk_insert(session, Notification.__table__, _COLUMNS, rows)
     return len(rows)
+
+
+def context_text(reference: str, context: dict) -> str:
+    """The stored context of a notification: the claim's reference, then ``context``
+    (JSON-native values), as JSON text."""
+    return json.dumps({"reference": reference, **context})
+
+
+_COLUMNS = ("claim_id", "kind", "language", "to_email", "context", "state", "attempts",
+            "next_attempt_at", "created_at")

@@ -291,7 +291,8 @@ def _solve_case(session: Session, case, pool: int, method: str, min_payout: int)
     amounts = [claim_amounts(c.invested, c.withdrawn, c.recognized_loss) for c in claims]
     inputs = [_Input(c.reference, inv, wd, paid.get(c.id, 0), c.status == disputed)
               for c, (inv, wd) in zip(claims, amounts)]
-    return claims, amounts, paid, allocate(inputs, pool, method, min_payout)
+    # claim ids are unique in the database: no duplicate-id check needed
+    return claims, amounts, paid, allocate(inputs, pool, method, min_payout, unique_ids=True)
 
 
 def preview_round(session: Session, case_code: str, pool: int, method: str = PRO_RATA,

@@ -83,9 +83,15 @@ exactly the claims step 1 matched (their ids are handed over); a claim that ente
 a stale match. A run repeats rounds until no claim of the case is pending.
 
 Cost: a handful of queries per batch (``IN`` lists of the batch's keys; on SQLite a long list
-is one JSON parameter), bulk ``UPDATE``/``INSERT`` through the lifecycle, audit and outbox
-helpers, only the claim columns used here loaded, and no cyclic garbage collection during a
-batch. ``bench/verify.py`` measures it.
+is one JSON parameter), claims read as plain rows (only the columns each step uses, no model
+objects), and the writes in one bulk statement per table: the state changes through
+:func:`claims.lifecycle.apply_transition` (one ``executemany``), their audit events with the
+canonical JSON written directly from the values (:func:`claims.audit.record_texts`; the same
+bytes, and so the same chain, as the generic path), decisions, flags and notifications through
+:func:`claims.audit.bulk_insert`. Cluster lookups go by the key's index, never by the case's
+(:func:`_case_is`). No cyclic garbage collection during a batch. ``bench/verify.py``
+measures it; ``tests/claims/test_verification_equivalence.py`` proves the bulk path writes
+what the generic one (model objects, ``transition_many``) writes.
 
 Rerunning changes nothing already decided: only ``submitted`` and ``verifying`` claims are
 processed. On PostgreSQL the batch's claims are locked (``FOR UPDATE``, id order) and re-checked,
@@ -103,12 +109,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import String, bindparam, func, literal_column, select, update
-from sqlalchemy.orm import load_only
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
 from claims import audit, lifecycle, outbox
-from claims.audit import Actor
+from claims.audit import Actor, canonical_text
 from claims.models import (
     BlockedAddress,
     Claim,
@@ -133,6 +137,8 @@ __all__ = [
     "match_batch",
     "decide_ids",
     "id_ranges",
+    "id_runs",
+    "ids_in_runs",
     "match_range",
     "pending_claim_ids",
     "run_verification",
@@ -219,11 +225,6 @@ def add_counts(total: dict, part: dict) -> dict:
     return total
 
 
-def _set(obj: Claim, **values) -> None:
-    for k, v in values.items():
-        set_committed_value(obj, k, v)
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic garbage collection during one batch: a batch allocates tens of thousands of
@@ -274,35 +275,46 @@ def pending_claim_ids(
 
 
 # The columns verification and the lifecycle read (the rest — name, ciphertext, address text,
-# token hash… — stays unloaded: never touched here, so never lazily loaded).
-_CLAIM_COLUMNS = (
-    Claim.id, Claim.case_id, Claim.reference, Claim.status, Claim.version, Claim.language,
-    Claim.email, Claim.email_key, Claim.phone, Claim.iin_hash, Claim.name_key, Claim.birth_date,
-    Claim.scheme_account, Claim.claimed_amount, Claim.evidence_tx_hashes,
-    Claim.payout_address_key, Claim.ledger_account_pk, Claim.match_rule, Claim.invested,
-    Claim.withdrawn, Claim.recognized_loss, Claim.verified_at, Claim.decided_at,
+# token hash… — is never read here). Claims are loaded as plain rows, not model objects: a
+# batch's thousands of ORM objects cost more than the rules.
+def _columns(*names: str) -> tuple:
+    return tuple(Claim.__table__.c[name] for name in names)
+
+
+# What each step reads of a claim (and the lifecycle: id, reference, status, case_id).
+_MATCH_READ = _columns(
+    "id", "case_id", "reference", "status", "scheme_account", "evidence_tx_hashes", "iin_hash",
+    "email_key", "phone", "payout_address_key", "ledger_account_pk", "match_rule", "invested",
+    "withdrawn", "recognized_loss",
+)
+_DECIDE_READ = _columns(
+    "id", "case_id", "reference", "status", "language", "email", "email_key", "name_key",
+    "birth_date", "claimed_amount", "payout_address_key", "ledger_account_pk", "match_rule",
+    "invested", "withdrawn", "recognized_loss", "verified_at", "decided_at",
 )
 
 
 def _load_claims(
-    session: Session, claim_ids: Iterable[int], status: Sequence[str], case_id: int | None = None
-) -> list[Claim]:
-    """The claims of ``claim_ids`` that are in ``status`` (locked on PostgreSQL), id order."""
+    session: Session, claim_ids: Iterable[int], status: Sequence[str], case_id: int | None = None,
+    columns: Sequence = _DECIDE_READ,
+) -> list:
+    """The claims of ``claim_ids`` that are in ``status`` (locked on PostgreSQL), id order, as
+    rows (attribute access: ``row.id``, ``row.status``…)."""
     ids = sorted(set(claim_ids))
     lock = session.get_bind().dialect.name != "sqlite"
-    out: list[Claim] = []
+    t = Claim.__table__
+    out: list = []
     for chunk in _chunks(ids):
         stmt = (
-            select(Claim)
-            .options(load_only(*_CLAIM_COLUMNS))
-            .where(_in(session, Claim.id, chunk), Claim.status.in_(status))
-            .order_by(Claim.id)
+            select(*columns)
+            .where(_in(session, t.c.id, chunk), t.c.status.in_(status))
+            .order_by(t.c.id)
         )
         if case_id is not None:
-            stmt = stmt.where(Claim.case_id == case_id)
+            stmt = stmt.where(t.c.case_id == case_id)
         if lock:
             stmt = stmt.with_for_update()
-        out.extend(session.execute(stmt).scalars())
+        out.extend(session.connection().execute(stmt).all())
     return out
 
 
@@ -323,8 +335,9 @@ class Match:
 
 def _claim_keys(c: Claim) -> dict[str, list[str]]:
     """The claim's match keys per identifier kind (same normalization as the ledger's)."""
+    hashes = c.evidence_tx_hashes
     keys: dict[str, list[str]] = {
-        "tx_hash": sorted({tx_key(h) for h in (c.evidence_tx_hashes or []) if h and h.strip()}),
+        "tx_hash": sorted({tx_key(h) for h in hashes if h and h.strip()}) if hashes else [],
         "iin": [c.iin_hash] if c.iin_hash else [],
         "email": [c.email_key] if c.email_key else [],
         "phone": [c.phone] if c.phone else [],
@@ -375,18 +388,23 @@ def _find_matches_in_case(session: Session, case_id: int, claims: Sequence[Claim
                 found[(kind, value)].add(pk)
 
     chosen: dict[int, tuple[int, str]] = {}
+    empty: frozenset[int] = frozenset()
+    get = found.get
     for c in claims:
         keys = claim_keys[c.id]
-        hits: dict[str, set[int]] = {}
         sa = (c.scheme_account or "").strip()
-        hits["scheme_account"] = {by_account_id[sa]} if sa in by_account_id else set()
+        # The accounts each rule finds, in MATCH_RULES order (the sets of ``found``, shared:
+        # never changed here).
+        hits: list[set[int] | frozenset[int]] = [{by_account_id[sa]} if sa in by_account_id else empty]
         for kind in IDENTIFIER_KINDS:
-            pks: set[int] = set()
-            for v in keys[kind]:
-                pks |= found.get((kind, v), set())
-            hits[kind] = pks
-        for rule in MATCH_RULES:
-            pks = hits[rule]
+            values = keys[kind]
+            if not values:
+                hits.append(empty)
+            elif len(values) == 1:
+                hits.append(get((kind, values[0]), empty))
+            else:
+                hits.append(set().union(*(get((kind, v), empty) for v in values)))
+        for rule, pks in zip(MATCH_RULES, hits):
             if not pks:
                 continue
             if len(pks) == 1:
@@ -394,7 +412,7 @@ def _find_matches_in_case(session: Session, case_id: int, claims: Sequence[Claim
             else:
                 # Several accounts for one rule: the one most of the claim's identifiers point
                 # to, then the lowest pk.
-                score = Counter(pk for r in MATCH_RULES for pk in hits[r])
+                score = Counter(pk for h in hits for pk in h)
                 chosen[c.id] = (min(pks, key=lambda pk: (-score[pk], pk)), rule)
             break
 
@@ -437,22 +455,26 @@ def match_batch(session: Session, claim_ids: Iterable[int], *, actor: Actor | No
 
 
 def _match_batch(session: Session, claim_ids: Iterable[int], actor: Actor) -> dict:
-    claims = _load_claims(session, claim_ids, PENDING)
+    claims = _load_claims(session, claim_ids, PENDING, columns=_MATCH_READ)
     counts = empty_counts()
     if not claims:
         return counts
     matches = find_matches(session, claims)
-    values = {c.id: _match_values(matches.get(c.id)) for c in claims}
     submitted = [c for c in claims if c.status == S.submitted.value]
     verifying = [c for c in claims if c.status == S.verifying.value]
     if submitted:
-        lifecycle.transition_many(
-            session,
-            submitted,
-            S.verifying,
-            actor=actor,
-            action="claim.verification_started",
-            per_claim_values={c.id: values[c.id] for c in submitted},
+        # submitted → verifying with the match stored (lifecycle.transition_many's event:
+        # before = the status and the match columns as they were, after = the new ones).
+        items = []
+        for c in submitted:
+            m = matches.get(c.id)
+            new = (m.deposits, m.account_pk, m.rule, m.loss, m.withdrawals) if m else _NO_MATCH
+            before = _match_text(c.status, c.invested, c.ledger_account_pk, c.match_rule,
+                                 c.recognized_loss, c.withdrawn)
+            items.append((c, new, before, _match_text(S.verifying.value, *new)))
+        lifecycle.apply_transition(
+            session, S.verifying.value, actor=actor, action="claim.verification_started",
+            columns=_MATCH_COLUMNS, items=items,
         )
     if verifying:
         # Back from needs_info (or a run interrupted between the steps): refresh the match.
@@ -463,12 +485,23 @@ def _match_batch(session: Session, claim_ids: Iterable[int], actor: Actor) -> di
             update(t)
             .where(t.c.id == bindparam("b_id"), t.c.status == S.verifying.value)
             .values({k: bindparam(f"v_{k}") for k in cols}),
-            [{"b_id": c.id, **{f"v_{k}": values[c.id][k] for k in cols}} for c in verifying],
+            [{"b_id": c.id, **{f"v_{k}": v for k, v in _match_values(matches.get(c.id)).items()}}
+             for c in verifying],
         )
-        for c in verifying:
-            _set(c, **values[c.id])
     counts["started"] = len(submitted)
     return counts
+
+
+# The match columns in sorted order (the audit's canonical JSON sorts keys).
+_MATCH_COLUMNS = ("invested", "ledger_account_pk", "match_rule", "recognized_loss", "withdrawn")
+_NO_MATCH = (None, None, None, None, None)
+
+
+def _match_text(status, invested, account_pk, rule, loss, withdrawn) -> str:
+    """``canonical_text({"status": status, <the match columns>})`` of a transition's event."""
+    return (f'{{"invested":{_j(invested)},"ledger_account_pk":{_j(account_pk)},'
+            f'"match_rule":{_j(rule)},"recognized_loss":{_j(loss)},"status":{_j(status)},'
+            f'"withdrawn":{_j(withdrawn)}}}')
 
 
 # ------------------------------------------------------------------ step 2: decide
@@ -488,6 +521,14 @@ def _label(members: Sequence[_Member]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def _case_is(case_id: int):
+    """``claim.case_id = :case_id`` written ``case_id + 0`` so that no planner answers a
+    lookup by key (``… AND key IN (…)``) by walking the case's index: SQLite does without
+    statistics (every claim of the case read, per batch, for each kind of cluster); the key's
+    own index is the one that finds the few claims sharing a key."""
+    return (Claim.case_id + 0) == case_id
+
+
 def _clusters(
     session: Session, case_id: int, key_cols: Sequence, keys: set
 ) -> dict[tuple, list[_Member]]:
@@ -501,7 +542,7 @@ def _clusters(
     for chunk in _chunks(lead_values):
         stmt = (
             select(*key_cols)
-            .where(Claim.case_id == case_id, _in(session, lead, chunk))
+            .where(_case_is(case_id), _in(session, lead, chunk))
             .group_by(*key_cols)
             .having(func.count() > 1)
         )
@@ -514,7 +555,7 @@ def _clusters(
     for chunk in _chunks(dup_lead):
         stmt = (
             select(Claim.id, Claim.reference, Claim.status, Claim.verified_at, *key_cols)
-            .where(Claim.case_id == case_id, _in(session, lead, chunk))
+            .where(_case_is(case_id), _in(session, lead, chunk))
             .order_by(Claim.id)
         )
         for row in session.execute(stmt):
@@ -599,8 +640,17 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
             )
         ):
             blocked[key] = reason
+    # missing_evidence: the unmatched claims' evidence hashes and documents.
+    unmatched = [c.id for c in claims if c.ledger_account_pk not in accounts]
+    with_evidence: set[int] = set()
     with_documents: set[int] = set()
-    for chunk in _chunks(ids):
+    t = Claim.__table__
+    for chunk in _chunks(unmatched):
+        with_evidence.update(
+            cid for cid, hashes in session.execute(
+                select(t.c.id, t.c.evidence_tx_hashes).where(_in(session, t.c.id, chunk))
+            ) if hashes
+        )
         with_documents.update(
             session.execute(
                 select(Document.claim_id).where(_in(session, Document.claim_id, chunk)).distinct()
@@ -622,6 +672,15 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
             fields["account"] = accounts[key[0]][0]
         return template.format(**fields)
 
+    # The batch's claims in clusters: claim id → [(code, message)], codes in table order.
+    in_clusters: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for code, by_key in clusters.items():
+        for key, members in by_key.items():
+            for m in members:
+                if m.id in batch_ids:
+                    others = [o for o in members if o.id != m.id]
+                    in_clusters[m.id].append((code, cluster_message(code, key, others)))
+
     # Flags of the batch's claims.
     flags: dict[int, list[tuple[str, str]]] = {}
     for c in claims:
@@ -630,7 +689,7 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
         if acct is None:
             f.append(("no_ledger_match", "no ledger account matches the scheme account id, "
                       "evidence transaction hashes, IIN, e-mail, phone or payout address"))
-            if not c.evidence_tx_hashes and c.id not in with_documents:
+            if c.id not in with_evidence and c.id not in with_documents:
                 f.append(("missing_evidence", "no ledger match, and the claim has neither "
                           "evidence transaction hashes nor documents"))
         else:
@@ -648,13 +707,8 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
             if insider:
                 f.append(("insider", f"ledger account {account_id} is marked insider/promoter"
                           + (f": {reason}" if reason else "")))
-        for code, (_cols, key_of, _msg) in _CLUSTER_SPECS.items():
-            key = key_of(c)
-            members = clusters[code].get(key) if key is not None else None
-            if members:
-                others = [m for m in members if m.id != c.id]
-                if others:
-                    f.append((code, cluster_message(code, key, others)))
+        if c.id in in_clusters:
+            f.extend(in_clusters[c.id])
         if c.payout_address_key in blocked:
             f.append(("blocked_address", f"the payout address is on the blocked list: "
                       f"{blocked[c.payout_address_key]}"))
@@ -668,51 +722,67 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
             .values(resolved_at=now)
             .execution_options(synchronize_session=False)
         )
-    flag_rows = [
-        {"claim_id": cid, "code": code, "message": msg, "created_at": now}
-        for cid, fl in flags.items() for code, msg in fl
-    ]
-    _insert(session, Flag, flag_rows)
+    now_db = audit.bind_value(session, Flag.__table__.c.created_at, now)
+    audit.bulk_insert(session, Flag.__table__, _FLAG_COLUMNS, [
+        (cid, code, msg, now_db) for cid, fl in flags.items() for code, msg in fl
+    ])
 
     # Claims verified for the first time (not back from needs_info): new cluster members.
     first_time = {c.id for c in claims if c.verified_at is None}
     clean = [c for c in claims if not flags[c.id]]
     flagged = [c for c in claims if flags[c.id]]
 
-    def audit_of(c: Claim) -> dict:
+    # The transitions: lifecycle.transition_many's events (before = the status and the
+    # columns set, as they were; after = the new ones plus what the rule found), their
+    # canonical JSON written directly.
+    now_text = _json_str(now.isoformat())
+
+    def account_of(c) -> str | None:
         acct = accounts.get(c.ledger_account_pk) if c.ledger_account_pk is not None else None
-        return {
-            "match_rule": c.match_rule,
-            "ledger_account": acct[0] if acct else None,
-            "recognized_loss": c.recognized_loss,
-        }
+        return acct[0] if acct else None
 
     if clean:
-        lifecycle.transition_many(
-            session, clean, S.approved, actor=actor, action="claim.approved_by_rule",
-            per_claim_values={c.id: {"verified_at": now, "decided_at": now} for c in clean},
-            per_claim_audit={c.id: {"rule": APPROVE_RULE, **audit_of(c)} for c in clean},
+        tail = f',"rule":{_json_str(APPROVE_RULE)},"status":"approved","verified_at":{now_text}}}'
+        lifecycle.apply_transition(
+            session, S.approved.value, actor=actor, action="claim.approved_by_rule",
+            columns=("decided_at", "verified_at"), items=[
+                (c, (now, now),
+                 f'{{"decided_at":{_j_time(c.decided_at)},"status":{_j(c.status)},'
+                 f'"verified_at":{_j_time(c.verified_at)}}}',
+                 f'{{"decided_at":{now_text},"ledger_account":{_j(account_of(c))},'
+                 f'"match_rule":{_j(c.match_rule)},"recognized_loss":{_j(c.recognized_loss)}'
+                 f'{tail}')
+                for c in clean
+            ],
         )
-        _insert(session, Decision, [
-            {
-                "claim_id": c.id, "staff_id": None, "decision": "rule",
-                "reason": f"{APPROVE_RULE}: matched ledger account "
-                          f"{accounts[c.ledger_account_pk][0]} by {c.match_rule}; no flag",
-                "recognized_loss": c.recognized_loss, "overridden_flags": [], "created_at": now,
-            }
+        now_db = audit.bind_value(session, Decision.__table__.c.created_at, now)
+        audit.bulk_insert(session, Decision.__table__, _DECISION_COLUMNS, [
+            (c.id, None, "rule",
+             f"{APPROVE_RULE}: matched ledger account {accounts[c.ledger_account_pk][0]} by "
+             f"{c.match_rule}; no flag",
+             c.recognized_loss, "[]", now_db)
             for c in clean
         ])
-        outbox.enqueue_many(session, [
-            (c, "approved", {"recognized_loss": format_amount(c.recognized_loss or 0)}, None)
+        # outbox.context_text(reference, {"recognized_loss": …}), written directly.
+        outbox.enqueue_texts(session, [
+            (c, "approved",
+             f'{{"reference": {_json_ascii(c.reference)}, "recognized_loss": '
+             f'{_json_ascii(format_amount(c.recognized_loss or 0))}}}',
+             None)
             for c in clean
         ])
     if flagged:
-        lifecycle.transition_many(
-            session, flagged, S.flagged, actor=actor, action="claim.flagged_by_rule",
-            per_claim_values={c.id: {"verified_at": now} for c in flagged},
-            per_claim_audit={
-                c.id: {"flags": [code for code, _ in flags[c.id]], **audit_of(c)} for c in flagged
-            },
+        tail = f',"status":"flagged","verified_at":{now_text}}}'
+        lifecycle.apply_transition(
+            session, S.flagged.value, actor=actor, action="claim.flagged_by_rule",
+            columns=("verified_at",), items=[
+                (c, (now,),
+                 f'{{"status":{_j(c.status)},"verified_at":{_j_time(c.verified_at)}}}',
+                 f'{{"flags":[{",".join(_json_str(code) for code, _ in flags[c.id])}],'
+                 f'"ledger_account":{_j(account_of(c))},"match_rule":{_j(c.match_rule)},'
+                 f'"recognized_loss":{_j(c.recognized_loss)}{tail}')
+                for c in flagged
+            ],
         )
 
     # Other members of the batch's clusters (see the module docstring).
@@ -729,6 +799,31 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
     counts["flags"] = dict(Counter(code for fl in flags.values() for code, _ in fl))
     add_counts(counts, counts_others)
     return counts
+
+
+_json_str = json.encoder.encode_basestring  # a str as canonical_text writes it
+_json_ascii = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it
+
+
+def _j(value: str | int | None) -> str:
+    """``canonical_text(value)`` of a str, int or None, fast (audit events of a batch)."""
+    if value is None:
+        return "null"
+    if value.__class__ is int:
+        return str(value)
+    if value.__class__ is str:
+        return _json_str(value)
+    return canonical_text(value)
+
+
+def _j_time(value: dt.datetime | None) -> str:
+    """``canonical_text(jsonable(value))`` of a time or None."""
+    return "null" if value is None else _json_str(value.isoformat())
+
+
+_DECISION_COLUMNS = ("claim_id", "staff_id", "decision", "reason", "recognized_loss",
+                     "overridden_flags", "created_at")
+_FLAG_COLUMNS = ("claim_id", "code", "message", "created_at")
 
 
 def _flag_other_members(
@@ -832,6 +927,23 @@ def id_ranges(ids: Sequence[int], size: int) -> list[tuple[int, int]]:
     if size < 1:
         raise ValueError("batch size must be at least 1")
     return [(ids[i], ids[min(i + size, len(ids)) - 1]) for i in range(0, len(ids), size)]
+
+
+def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Ids as ``(first, last)`` runs of consecutive ids, ascending: the compact form of a
+    batch's ids (a batch of one case's pending claims is usually one run)."""
+    runs: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return [(lo, hi) for lo, hi in runs]
+
+
+def ids_in_runs(runs: Iterable[Sequence[int]]) -> list[int]:
+    """The ids of :func:`id_runs`' runs, ascending."""
+    return [i for lo, hi in runs for i in range(lo, hi + 1)]
 
 
 def match_range(session: Session, case_id: int, lo: int, hi: int, *, actor: Actor | None = None) -> dict:

@@ -169,7 +169,8 @@ def plan(
             err(line)
         raise typer.Exit(EXIT_USAGE)
 
-    result = allocate(claims, pool_micro, method, min_micro)
+    # read_plan_csv refused every duplicate claim_id already (naming its lines).
+    result = allocate(claims, pool_micro, method, min_micro, unique_ids=True)
     summary = plan_summary(result)
     if out is not None:
         try:

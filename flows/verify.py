@@ -8,12 +8,17 @@ each; ``NO_CACHE``: the database is the source of truth; one retry, safe because
 re-reads which of its claims are still pending). Tasks run one after the other: SQLite has
 one writer, and each batch is already bulk SQL.
 
-While it runs, a progress artifact (``verify-CODE``) shows the share of batch steps done; at
+While it runs, a progress artifact (``verify-CODE``) shows the share of batch steps done
+(updated at most every :data:`PROGRESS_EVERY` seconds: each update is a round trip to the
+Prefect server that the batches would wait for, and a person watching needs no more); at
 the end a table artifact (``verify-CODE-counts``) gives the counts by outcome, match rule and
 flag. :func:`run_verification` is the same run without Prefect (bench, ``--direct``).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from flows import configure_prefect
 
@@ -28,9 +33,26 @@ from claims.db import get_engine, session_scope  # noqa: E402
 from claims.verification import run_verification  # noqa: E402,F401  (the no-Prefect path)
 from flows.common import Progress, counts_rows  # noqa: E402
 
-__all__ = ["decide_claims_batch", "match_claims_batch", "run_verification", "verify_claims"]
+__all__ = ["decide_claims_batch", "match_claims_batch", "run_verification", "throttled",
+           "verify_claims"]
 
 SECTIONS = {"match_rules": "match rule", "flags": "flag"}
+# Seconds between two updates of the progress artifact (the last step is always shown).
+PROGRESS_EVERY = 5.0
+
+
+def throttled(update: Callable[..., None], every: float = PROGRESS_EVERY) -> Callable[..., None]:
+    """``update(done, total, …)`` passed on at most once per ``every`` seconds, and always
+    when ``done == total``."""
+    last = [float("-inf")]
+
+    def on_progress(done: int, total: int, *rest) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every:
+            last[0] = now
+            update(done, total, *rest)
+
+    return on_progress
 
 
 @task(name="verify-match-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
@@ -41,10 +63,16 @@ def match_claims_batch(case_id: int, lo: int, hi: int) -> dict:
 
 
 @task(name="verify-decide-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def decide_claims_batch(case_id: int, ids: list[int]) -> dict:
-    """Step 2 on the claims matched by one step-1 batch."""
+def decide_claims_batch(case_id: int, runs: list[tuple[int, int]]) -> dict:
+    """Step 2 on the claims matched by one step-1 batch, given as runs of consecutive ids
+    (:func:`claims.verification.id_runs`): Prefect inspects every element of a task's
+    parameters, which for a list of 5,000 ids costs more than the task run itself."""
     with session_scope(get_engine()) as session:
-        return verification.decide_ids(session, case_id, ids)
+        return verification.decide_ids(session, case_id, verification.ids_in_runs(runs))
+
+
+def _decide(case_id: int, ids: list[int]) -> dict:
+    return decide_claims_batch(case_id, verification.id_runs(ids))
 
 
 @flow(name="verify-claims", log_prints=False)
@@ -58,8 +86,8 @@ def verify_claims(case_code: str, batch_size: int = 5000) -> dict:
         case_code,
         batch_size=batch_size,
         match=match_claims_batch,
-        decide=decide_claims_batch,
-        on_progress=progress.update,
+        decide=_decide,
+        on_progress=throttled(progress.update),
     )
     progress.update(1, 1)
     create_table_artifact(

@@ -22,7 +22,10 @@ Speed: the standard library's email generator and parser cost milliseconds per m
 message is composed here as bytes directly and the returned :class:`RenderedMessage` carries
 them; :mod:`notifications.transport` sends those bytes unless the message was changed after
 rendering (then the standard generator serializes it). The object is a complete
-``EmailMessage``: headers, ``get_body()``, ``get_content()`` all work.
+``EmailMessage``: headers, ``get_body()``, ``get_content()`` all work — its header list and parts
+are built the first time they are used (a message that is only sent never needs them). The
+templates are rendered once per (kind, language, which values are present) into a skeleton cut
+into literal pieces and slots; a message joins the pieces with its values.
 
 Context keys (all values ``str`` unless said; amounts are USDT decimal strings such as
 ``"12.5"`` or ``int`` micro-USDT, and are shown through :func:`claims.money.format_amount`):
@@ -62,6 +65,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
+import time
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.policy import default as DEFAULT_POLICY
@@ -122,12 +127,19 @@ class RenderError(ValueError):
     """A notification that cannot be rendered, with the reason in plain words."""
 
 
+_BUILD_LOCK = threading.RLock()
+
+
 class RenderedMessage(EmailMessage):
     """An ``EmailMessage`` that also holds its serialization, composed while rendering.
 
     ``wire_bytes()`` returns the message as bytes with ``\\n`` line ends (a Maildir file; SMTP
     turns them into CRLF). If headers or parts were changed after rendering, it falls back to
     the standard generator, so the bytes always describe the object.
+
+    A rendered message is usually only sent, so its ``EmailMessage`` state (header list, the
+    two parts) is built the first time anything reads or changes it, not while rendering;
+    until then ``wire_bytes()`` and ``wire_message_id()`` answer from the composed bytes.
     """
 
     envelope_from: str
@@ -136,16 +148,64 @@ class RenderedMessage(EmailMessage):
     #: a part is sent as 8bit UTF-8 (SMTP needs the server's 8BITMIME, else ``seven_bit_bytes``)
     eight_bit: bool
 
+    @classmethod
+    def _composed(cls, headers: list[tuple[str, str]], parts: list[tuple[str, str, str]], wire: bytes,
+                  sources: tuple[str, str, str, str]) -> "RenderedMessage":
+        msg = cls.__new__(cls)
+        msg.__dict__.update(_pending=(headers, parts), _wire=wire, _sources=sources)
+        return msg
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for an attribute the object does not have (yet): build the EmailMessage
+        # state once (under a lock: another thread may look at the same message), then look again.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        with _BUILD_LOCK:
+            pending = self.__dict__.pop("_pending", None)
+            if pending is not None:
+                self._build(*pending)
+        if name in self.__dict__:
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _build(self, headers: list[tuple[str, str]], parts: list[tuple[str, str, str]]) -> None:
+        EmailMessage.__init__(self, policy=DEFAULT_POLICY)
+        for key, value in headers:
+            self.set_raw(key, value)
+        payload = []
+        for ctype, cte, body in parts:
+            part = EmailMessage(policy=DEFAULT_POLICY)
+            part.set_raw("Content-Type", ctype)
+            part.set_raw("Content-Transfer-Encoding", cte)
+            # 8bit bytes surrogate-escaped, as the email parser holds them
+            part.set_payload(body.encode("utf-8").decode("ascii", "surrogateescape") if cte == "8bit" else body)
+            payload.append(part)
+        self.set_payload(payload)
+        self._wire_snapshot = _snapshot(self)
+
+    def _unchanged(self) -> bool:
+        return "_pending" in self.__dict__ or _snapshot(self) == self._wire_snapshot
+
     def wire_bytes(self) -> bytes:
-        wire = getattr(self, "_wire", None)
-        if wire is not None and _snapshot(self) == self._wire_snapshot:
+        wire = self.__dict__.get("_wire")
+        if wire is not None and self._unchanged():
             return wire
         return self.as_bytes(policy=self.policy.clone(linesep="\n"))
 
+    def wire_message_id(self) -> str | None:
+        """The Message-ID as written."""
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            return next((v for k, v in pending[0] if k == "Message-ID"), None)
+        for key, value in self.raw_items():
+            if key.lower() == "message-id":
+                return " ".join(str(value).split()) or None
+        return None
+
     def seven_bit_bytes(self) -> bytes:
         """The same message with base64 parts, for an SMTP server without 8BITMIME."""
-        sources = getattr(self, "_sources", None)
-        if sources is None or _snapshot(self) != self._wire_snapshot:
+        sources = self.__dict__.get("_sources")
+        if sources is None or not self._unchanged():
             return self.as_bytes(policy=self.policy.clone(linesep="\n", cte_type="7bit"))
         wire, _, _ = _compose(*sources, allow_8bit=False)
         return wire
@@ -253,26 +313,38 @@ def _render_direct(
 _STEERING = ("expires_minutes",)  # values whose number picks the words (plurals)
 
 
+_Compiled = tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]
+
+
+def _compile(skeleton: str) -> _Compiled:
+    """A skeleton cut once into its literal pieces and its slots ``(key, filters)``:
+    ``pieces[0] + value(slots[0]) + pieces[1] + … + pieces[-1]``."""
+    parts = _SLOT_RE.split(skeleton)  # literal, key, filters, literal, key, filters, …, literal
+    pieces = tuple(parts[0::3])
+    slots = tuple((key, tuple(f for f in filters.split("|") if f)) for key, filters in zip(parts[1::3], parts[2::3]))
+    return pieces, slots
+
+
 @lru_cache(maxsize=2048)
-def _skeleton(kind: str, lang: str, keys: tuple[str, ...], steering: tuple[Any, ...]) -> tuple[str, str, str]:
+def _skeleton(kind: str, lang: str, keys: tuple[str, ...], steering: tuple[Any, ...]) -> tuple[_Compiled, _Compiled, _Compiled]:
     ctx: dict[str, Any] = {key: _Slot(key) for key in keys}
     ctx.update(zip(_STEERING, steering))
     for key in _ALL_KEYS:
         ctx.setdefault(key, None)
     subject, text, html = _render_direct(kind, lang, ctx, title=_Slot("subject"))
-    return subject, text, _pack_html(html, limit=600)
+    return _compile(subject), _compile(text), _compile(_pack_html(html, limit=600))
 
 
-def _fill(skeleton: str, values: Mapping[str, Any], html: bool) -> str:
-    def value(m: re.Match[str]) -> str:
-        v = values[m.group(1)]
-        for name in m.group(2).split("|")[1:]:
+def _fill(compiled: _Compiled, values: Mapping[str, Any], html: bool) -> str:
+    pieces, slots = compiled
+    out = [pieces[0]]
+    for (key, filters), piece in zip(slots, pieces[1:]):
+        v = values[key]
+        for name in filters:
             v = _FILTERS[name](v)
-        if html and not isinstance(v, Markup):
-            return escape(v)  # type: ignore[no-any-return]
-        return str(v)
-
-    return _SLOT_RE.sub(value, skeleton)
+        out.append(escape(v) if html and not isinstance(v, Markup) else str(v))
+        out.append(piece)
+    return "".join(out)
 
 
 def _render_bodies(kind: str, lang: str, ctx: dict[str, Any]) -> tuple[str, str, str]:
@@ -282,7 +354,11 @@ def _render_bodies(kind: str, lang: str, ctx: dict[str, Any]) -> tuple[str, str,
     subject_s, text_s, html_s = _skeleton(kind, lang, keys, steering)
     subject = " ".join(_fill(subject_s, ctx, html=False).split())
     text = _fill(text_s, ctx, html=False)
-    html = _fill(html_s, {**ctx, "subject": subject}, html=True)
+    ctx["subject"] = subject
+    try:
+        html = _fill(html_s, ctx, html=True)
+    finally:
+        del ctx["subject"]
     if "\ue000" in subject or "\ue000" in text or "\ue000" in html:
         # A value holding a private-use character (or a template using a value in a way a
         # slot cannot stand for): render the templates directly.
@@ -509,17 +585,30 @@ def _message_id_domain(host: str) -> str:
     return host
 
 
+_now_cache: tuple[int, str] = (-1, "")
+
+
+def _now_header() -> str:
+    """The Date header for now (UTC), made once a second: the header has no finer unit."""
+    global _now_cache
+    second = int(time.time())
+    cached = _now_cache
+    if cached[0] != second:
+        cached = _now_cache = (second, format_datetime(datetime.fromtimestamp(second, timezone.utc)))
+    return cached[1]
+
+
 def message_id(notification_id: int | str, domain: str) -> str:
     """``<notification-{id}@{domain}>``: the same notification always gets the same id."""
     return f"<notification-{notification_id}@{domain}>"
 
 
-def _part(text: str, subtype: str, boundary: str, allow_8bit: bool = True) -> tuple[str, str, str, str]:
-    """(Content-Type, Content-Transfer-Encoding, payload for the wire, payload for the object).
+def _part(text: str, subtype: str, boundary: str, allow_8bit: bool = True) -> tuple[str, str, str]:
+    """(Content-Type, Content-Transfer-Encoding, payload).
 
     7bit for plain ASCII, 8bit for UTF-8 text with lines of at most 998 bytes (readable files,
     smaller messages, fewer lines for a server to read; SMTP announces ``BODY=8BITMIME``), else
-    base64. The object's payload holds 8bit bytes surrogate-escaped, as the email parser does.
+    base64.
     """
     if not text.endswith("\n"):
         text += "\n"
@@ -527,11 +616,10 @@ def _part(text: str, subtype: str, boundary: str, allow_8bit: bool = True) -> tu
     data = text.encode("utf-8")
     if ("--" + boundary) not in text and max(map(len, data.split(b"\n"))) <= 998:
         if len(data) == len(text):
-            return ctype, "7bit", text, text
+            return ctype, "7bit", text
         if allow_8bit:
-            return ctype, "8bit", text, data.decode("ascii", "surrogateescape")
-    encoded = _base64_lines(data)
-    return ctype, "base64", encoded, encoded
+            return ctype, "8bit", text
+    return ctype, "base64", _base64_lines(data)
 
 
 def _pack_html(html: str, limit: int = 900) -> str:
@@ -598,13 +686,12 @@ def render(
 
     from_value, envelope_from = _from_header(mail_from)
     to_value, envelope_to, smtputf8 = _to_header(to)
-    when = date if date is not None else datetime.now(timezone.utc)
     boundary = f"==restitution-{nid}=="
     headers = [
         ("From", from_value),
         ("To", to_value),
         ("Subject", _encode_subject(subject)),
-        ("Date", format_datetime(when)),
+        ("Date", format_datetime(date) if date is not None else _now_header()),
         ("Message-ID", message_id(nid, domain)),
         ("Content-Language", language),
         ("Auto-Submitted", "auto-generated"),
@@ -614,35 +701,26 @@ def render(
         ("Content-Type", f'multipart/alternative;\n boundary="{boundary}"'),
     ]
 
-    msg = RenderedMessage(policy=DEFAULT_POLICY)
-    for name, value in headers:
-        msg.set_raw(name, value)
     head = "".join(f"{name}: {value}\n" for name, value in headers) + "\n"
     wire, parts, eight_bit = _compose(head, boundary, text, html, allow_8bit=True)
-    msg.set_payload(parts)
-
+    msg = RenderedMessage._composed(headers, parts, wire, (head, boundary, text, html))
     msg.envelope_from = envelope_from
     msg.envelope_to = envelope_to
     msg.smtputf8 = smtputf8
     msg.eight_bit = eight_bit
-    msg._wire = wire  # type: ignore[attr-defined]
-    msg._wire_snapshot = _snapshot(msg)  # type: ignore[attr-defined]
-    msg._sources = (head, boundary, text, html)  # type: ignore[attr-defined]
     return msg
 
 
-def _compose(head: str, boundary: str, text: str, html: str, *, allow_8bit: bool) -> tuple[bytes, list[EmailMessage], bool]:
+def _compose(head: str, boundary: str, text: str, html: str, *, allow_8bit: bool) -> tuple[bytes, list[tuple[str, str, str]], bool]:
+    """(the message's bytes, its parts as (Content-Type, Content-Transfer-Encoding, payload),
+    whether a part is 8bit)."""
     pieces = [head]
     parts = []
     eight_bit = False
     for body, subtype in ((text, "plain"), (html, "html")):
-        ctype, cte, wire_payload, object_payload = _part(body, subtype, boundary, allow_8bit)
+        ctype, cte, payload = _part(body, subtype, boundary, allow_8bit)
         eight_bit = eight_bit or cte == "8bit"
-        part = EmailMessage(policy=DEFAULT_POLICY)
-        part.set_raw("Content-Type", ctype)
-        part.set_raw("Content-Transfer-Encoding", cte)
-        part.set_payload(object_payload)
-        parts.append(part)
-        pieces.append(f"--{boundary}\nContent-Type: {ctype}\nContent-Transfer-Encoding: {cte}\n\n{wire_payload}\n")
+        parts.append((ctype, cte, payload))
+        pieces.append(f"--{boundary}\nContent-Type: {ctype}\nContent-Transfer-Encoding: {cte}\n\n{payload}\n")
     pieces.append(f"--{boundary}--\n")
     return "".join(pieces).encode("utf-8"), parts, eight_bit

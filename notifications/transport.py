@@ -126,6 +126,9 @@ def address_problem(address: str) -> str | None:
 
 def message_id_of(msg: EmailMessage) -> str | None:
     """The Message-ID as written (read raw: parsing the header costs more than sending)."""
+    fast = getattr(msg, "wire_message_id", None)
+    if fast is not None:
+        return fast()  # type: ignore[no-any-return]
     for name, value in msg.raw_items():
         if name.lower() == "message-id":
             return " ".join(str(value).split()) or None
@@ -227,6 +230,8 @@ class MaildirTransport:
             (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         mailbox.Maildir(str(self.path), create=False)  # what mail readers will open
         self.sync = sync
+        self._tmp_dir = os.path.join(str(self.path), "tmp", "")
+        self._new_dir = os.path.join(str(self.path), "new", "")
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -245,13 +250,14 @@ class MaildirTransport:
 
     def _write(self, data: bytes, fsync: bool) -> str:
         name = self._unique_name()
-        tmp = self.path / "tmp" / name
+        tmp = self._tmp_dir + name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            written = os.write(fd, data)
+            if written < len(data):  # a short write (rare): the rest
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view):]
             if fsync:
                 os.fsync(fd)
         except BaseException:
@@ -263,7 +269,7 @@ class MaildirTransport:
             raise
         os.close(fd)
         try:
-            os.rename(tmp, self.path / "new" / name)
+            os.rename(tmp, self._new_dir + name)
         except OSError:
             try:
                 os.unlink(tmp)

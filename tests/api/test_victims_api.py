@@ -298,10 +298,28 @@ def test_a_failed_filing_frees_its_key(client, case, engine):
     assert client.post("/api/v1/claims", json=body(14), headers=headers).status_code == 201
 
 
-def test_a_malformed_idempotency_key_is_422(client, case):
+def test_a_malformed_idempotency_key_is_422(client, case, engine):
     r = client.post("/api/v1/claims", json=body(15), headers={"Idempotency-Key": "has space"})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert client.post("/api/v1/claims", json=body(15), headers={"Idempotency-Key": ""}
+                       ).status_code == 422
+    assert claims_count(engine) == 0
+
+
+def test_other_methods_on_the_filing_path_are_405(client):
+    for method in ("GET", "PUT", "DELETE"):
+        r = client.request(method, "/api/v1/claims")
+        assert r.status_code == 405, method
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert "POST" in r.headers.get("allow", "")
+
+def test_the_filing_documents_its_idempotency_key_header(client):
+    op = client.get("/openapi.json").json()["paths"]["/api/v1/claims"]["post"]
+    (param,) = [p for p in op["parameters"] if p["name"] == "Idempotency-Key"]
+    assert param["in"] == "header" and param["required"] is False
+    assert param["schema"]["anyOf"][0]["pattern"] == r"^[\x21-\x7e]{1,255}$"
+    assert {"409", "413", "422", "429"} <= set(op["responses"])
 
 
 # ----------------------------------------------------------------------------- a live server

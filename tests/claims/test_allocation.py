@@ -633,3 +633,62 @@ def test_breakpoints_in_one_float_are_split_exactly():
             res = allocate(claims, pool, "pro-rata")
         assert shares(res) == ref_allocate(claims, pool, "pro-rata", 0)[1]
         assert_balanced(res)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast paths: ids known unique, no garbage collection during a solve, remainder ties
+# --------------------------------------------------------------------------------------------
+
+
+@FAST
+@given(claim_sets(), st.integers(0, 200), methods, st.integers(0, 12))
+def test_unique_ids_skips_only_the_duplicate_check(claims, pool, method, min_payout):
+    a = allocate(claims, pool, method, min_payout)
+    b = allocate(claims, pool, method, min_payout, unique_ids=True)
+    assert list(b.rows) == list(a.rows) and b.rate == a.rate
+
+
+def test_unique_ids_keeps_the_other_checks():
+    with pytest.raises(TypeError):
+        allocate([C("A", 1.5, 0)], 1, unique_ids=True)
+    with pytest.raises(ValueError):
+        allocate([C("A", -1, 0)], 1, unique_ids=True)
+    with pytest.raises(ValueError, match="duplicate"):
+        allocate([C("A", 1, 0), C("A", 2, 0)], 1)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_garbage_collection_is_restored(enabled):
+    import gc
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        allocate(FOUR, 500 * U)
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError):
+            allocate([C("A", 1, 0), C("A", 2, 0)], 1)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("n, pool", [(40, 1), (40, 3), (40, 37), (3000, 7), (3000, 2990)])
+def test_remainder_ties_by_id_as_strings_few_or_many(n, pool):
+    # n equal claims: every remainder ties, so the pool's last micro-USDTs go by id order
+    # ("10" < "9"); few winners (a partial selection) or nearly all (a full sort).
+    claims = [C(str(k), 7, 0) for k in range(n)]
+    for partition in (False, True):
+        if partition:
+            with small_cutoffs():
+                res = allocate(claims, pool, "pro-rata")
+        else:
+            res = allocate(claims, pool, "pro-rata")
+        _, expected, _ = ref_allocate(claims, pool, "pro-rata", 0)
+        assert shares(res) == expected
+        assert_balanced(res)
+    # ... also when only some claims are active (net winners and paid-up claims in between).
+    mixed = claims + [C(f"w{k}", 1, 5) for k in range(n // 4)] + [C(f"p{k}", 7, 0, 7) for k in range(n // 4)]
+    res = allocate(mixed, pool, "rising-tide")
+    _, expected, _ = ref_allocate(mixed, pool, "rising-tide", 0)
+    assert shares(res) == expected

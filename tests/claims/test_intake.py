@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from fractions import Fraction
 
@@ -122,6 +123,65 @@ def test_file_many_refuses_duplicates_in_the_batch_and_the_database(case, engine
         assert len(s.execute(select(Notification)).scalars().all()) == 3
 
 
+def test_file_many_stores_the_rows_an_insert_returning_stores(case, engine, monkeypatch):
+    """The bulk claim insert (ids taken first, rows by COPY / executemany with each column's
+    bind processing) stores exactly what ``INSERT … RETURNING`` stores, ids included."""
+    from sqlalchemy import text
+
+    from claims.cases import create_case
+    from claims.crypto import decrypt
+    from claims.db import session_scope
+    from claims.models import Claim, Notification
+    from claims.validators import make_eth_address
+
+    with session_scope(engine) as s:
+        create_case(s, "other-case", "Other")
+    rows = [
+        data(1),
+        data(2, scheme_account="acc-2", date_of_birth=BIRTH.isoformat(), language="kk",
+             evidence_tx_hashes=["ab" * 32, "cd" * 32], full_name="Әсел Ñoño 'quote' \\ back"),
+        data(3, payout_network="ethereum", payout_address=make_eth_address(b"\x07" * 20),
+             claimed_amount="123456789.123456", language="ru"),
+    ]
+
+    def file(code):
+        with session_scope(engine) as s:
+            out = intake.file_many(s, intake.open_case(s, code),
+                                   [intake.prepare(dict(r, case_id=code)) for r in rows])
+        return out
+
+    new = file(CASE)
+    monkeypatch.setattr(intake, "_insert_claims", intake._insert_claims_returning)
+    old = file("other-case")
+    assert [type(f).__name__ for f in new + old] == ["Filed"] * 6
+    skip = {"id", "case_id", "reference", "access_token_hash", "iin_encrypted", "consent_at",
+            "created_at", "updated_at"}
+    cols = [c.name for c in Claim.__table__.columns if c.name not in skip]
+    with session_scope(engine, write=False) as s:
+        def stored(filed):
+            row = s.execute(select(Claim.__table__).where(Claim.reference == filed.reference)).one()
+            assert row.id == filed.claim.id  # the id handed on is the row's
+            n = s.execute(select(Notification.claim_id).where(Notification.claim_id == row.id)).all()
+            assert len(n) == 1  # its notification points at it
+            return row
+        for a, b in zip(new, old):
+            ra, rb = stored(a), stored(b)
+            assert {c: getattr(ra, c) for c in cols} == {c: getattr(rb, c) for c in cols}
+            assert type(ra.consent_at) is type(rb.consent_at) and ra.consent_at.tzinfo == rb.consent_at.tzinfo
+            assert decrypt(ra.iin_encrypted) == decrypt(rb.iin_encrypted)
+        # The raw stored text of dates and times is the same as the ORM's (SQLite keeps text).
+        raw = {r[0]: r[1:] for r in s.execute(text(
+            "SELECT reference, birth_date, date_of_birth, consent_at, evidence_tx_hashes FROM claim"))}
+        for a, b in zip(new, old):
+            fa, fb = raw[a.reference], raw[b.reference]
+            assert [type(v) for v in fa] == [type(v) for v in fb]
+            assert fa[0] == fb[0] and fa[1] == fb[1] and fa[3] == fb[3]
+            assert len(str(fa[2])) == len(str(fb[2]))
+    # Ids keep growing past the ones taken (the next insert by any path does not collide).
+    more = intake.file_claim_tx(intake.prepare(data(9)))
+    assert more.claim.id > max(f.claim.id for f in new + old)
+
+
 def test_find_claim_gives_the_same_not_found(case, engine):
     from claims.db import session_scope
 
@@ -198,8 +258,8 @@ def test_group_commit_files_concurrent_claims_in_one_transaction(case, engine, m
 
     gc = intake.GroupCommit(engine)
     batches = []
-    real = gc._file_batch
-    monkeypatch.setattr(gc, "_file_batch", lambda b: (batches.append(len(b)), real(b))[1])
+    real = gc._file_in
+    monkeypatch.setattr(gc, "_file_in", lambda s, b, *a: (batches.append(len(b)), real(s, b, *a))[1])
     preps = [intake.prepare(data(n)) for n in (1, 2, 3)]
     preps.append(intake.prepare(data(1, email="again@example.kz")))  # the same IIN again
     preps.append(intake.prepare(data(4, case_id="no-such-case")))
@@ -218,6 +278,83 @@ def test_group_commit_files_concurrent_claims_in_one_transaction(case, engine, m
         actors = s.execute(select(AuditEvent.actor).where(AuditEvent.action == "claim.filed")).scalars().all()
         assert sorted(actors) == sorted(f"claimant:{r}" for r in refs)
         assert verify_chain(s).ok
+
+
+def _gate_files(engine):
+    gate = intake._drain_gate(engine)
+    assert gate is not None and gate.fd is not None
+    path = os.readlink(f"/proc/self/fd/{gate.fd}")
+    return gate, path, path[: -len(".write-lock")] + ".write-queue"
+
+
+def _flock_elsewhere(path):
+    """The file locked through another open file description: as another process would."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_write_gate_lets_a_waiting_process_in_first(case, engine):
+    """A process leaving the gate and coming straight back queues behind one that waits:
+    the waiter holds the turnstile, so taking the free gate without waiting fails."""
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    gate, lock_path, queue_path = _gate_files(engine)
+    assert gate.try_enter()
+    gate.exit()
+    waiter = _flock_elsewhere(queue_path)  # another process waiting for the gate
+    try:
+        assert not gate.try_enter()
+    finally:
+        os.close(waiter)
+    holder = _flock_elsewhere(lock_path)  # another process inside the gate
+    try:
+        assert not gate.try_enter()
+    finally:
+        os.close(holder)
+    assert gate.try_enter()
+    gate.exit()
+
+
+def test_group_commit_waits_for_the_gate_without_holding_the_event_loop(case, engine):
+    """While another process holds the write gate, the loop goes on (requests are read and
+    validated meanwhile); the queued filings are written in one batch once it is free."""
+    import asyncio
+    import threading
+
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    gate, lock_path, _ = _gate_files(engine)
+    holder = _flock_elsewhere(lock_path)
+    release = threading.Timer(0.3, os.close, (holder,))
+    gc = intake.GroupCommit(engine)
+    batches = []
+    real = gc._file_in
+    gc._file_in = lambda s, b, *a: (batches.append(len(b)), real(s, b, *a))[1]
+
+    async def go():
+        ticks = 0
+        first = asyncio.ensure_future(gc.file_async(intake.prepare(data(1))))
+        release.start()
+        while not first.done():
+            ticks += 1
+            if ticks == 3:  # more filings arrive while the first waits for the gate
+                more = [asyncio.ensure_future(gc.file_async(intake.prepare(data(n))))
+                        for n in (2, 3)]
+            await asyncio.sleep(0.01)
+        return ticks, [first.result()] + [await f for f in more]
+
+    ticks, filed = asyncio.run(go())
+    assert ticks >= 10  # the loop ran for the 0.3 s the gate was held
+    assert [type(f).__name__ for f in filed] == ["Filed"] * 3
+    # SQLite: the gate comes first, so the three wait for it together. PostgreSQL: the first
+    # batch's rows are written before the gate (only its audit append and commit wait), and
+    # the two that came meanwhile form the next batch.
+    assert batches == ([3] if engine.dialect.name == "sqlite" else [1, 2])
+    assert gate.try_enter()  # and the gate was left
+    gate.exit()
 
 
 def test_group_commit_refiles_one_by_one_when_the_batch_fails(case, engine, monkeypatch):

@@ -660,3 +660,13 @@ def test_request_info_reply_and_reverification_through_review_and_intake(engine)
                           .order_by(Notification.id)).scalars().all()
         assert kinds == ["received", "needs_info", "approved"]
         assert verify_chain(s).ok
+
+
+def test_id_runs_round_trip():
+    from claims.verification import id_runs, ids_in_runs
+
+    assert id_runs([5, 1, 2, 3, 7, 8, 3]) == [(1, 3), (5, 5), (7, 8)]
+    assert id_runs([]) == [] and ids_in_runs([]) == []
+    ids = [1, 2, 3, 10, 12, 13, 14, 100]
+    assert ids_in_runs(id_runs(ids)) == ids
+    assert id_runs(range(1, 5001)) == [(1, 5000)]

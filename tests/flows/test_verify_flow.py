@@ -120,3 +120,19 @@ def test_cli_verify_runs_the_flow(engine, prefect_harness):
     assert out["flags"]["duplicate_wallet"] == 2
     assert _statuses(engine, refs) == ["approved", "flagged", "flagged", "approved", "approved",
                                        "flagged"]
+
+
+def test_progress_updates_are_throttled_but_the_last_step_always_shows(monkeypatch):
+    import flows.verify as fv
+
+    clock = [100.0]
+    monkeypatch.setattr(fv.time, "monotonic", lambda: clock[0])
+    seen = []
+    on_progress = fv.throttled(lambda done, total, *rest: seen.append((done, total)), every=2.0)
+    on_progress(1, 10, {})  # first: shown
+    clock[0] += 1.0
+    on_progress(2, 10, {})  # 1 s later: skipped
+    clock[0] += 1.5
+    on_progress(3, 10, {})  # 2.5 s after the last shown: shown
+    on_progress(10, 10, {})  # the last step: always shown
+    assert seen == [(1, 10), (3, 10), (10, 10)]

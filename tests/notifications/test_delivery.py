@@ -115,3 +115,170 @@ def test_maildir_is_the_default_without_smtp(engine, tmp_path):
     assert len(files) == 2
     msg = email.message_from_bytes(files[0].read_bytes())
     assert msg["Content-Language"] == "kk"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _queue_secrets(engine, emails: list[str]) -> None:
+    """One token_reset and one address_change_requested notification per address."""
+    with Session(engine) as s:
+        items = []
+        for i, addr in enumerate(emails):
+            claim = SimpleNamespace(id=None, reference=f"KZR-SECR-{i:04d}", language="en", email=addr)
+            items.append((claim, "token_reset", {"name": "Aigerim", "access_token": f"tok-secret-{i}"}, None))
+            items.append((claim, "address_change_requested",
+                          {"code": f"98765{i}", "payout_network": "tron",
+                           "payout_address": "TJRabPrwbZy45sbavfcjinPJC18kjpRTv8", "expires_minutes": 15},
+                          None))
+        outbox.enqueue_many(s, items)
+        s.commit()
+
+
+def _contexts(engine) -> dict[tuple[str, str], tuple[str, dict]]:
+    with Session(engine) as s:
+        return {(n.to_email, n.kind): (n.state, n.context) for n in s.execute(select(Notification)).scalars()}
+
+
+def test_tokens_and_codes_are_blanked_once_sent_and_only_then(engine, smtp_server, unused_port, tmp_path):
+    _queue_secrets(engine, ["ok@example.kz", "later@example.kz"])
+    # the SMTP server is down: the messages will be sent again and must keep their secrets
+    down = deliver_pending(engine, settings=_settings(f"smtp://127.0.0.1:{unused_port}", tmp_path))
+    assert down.retry == 4
+    kept = _contexts(engine)
+    assert kept[("ok@example.kz", "token_reset")] == (
+        "pending", {"reference": "KZR-SECR-0000", "name": "Aigerim", "access_token": "tok-secret-0"})
+    assert kept[("later@example.kz", "address_change_requested")][1]["code"] == "987651"
+
+    with Session(engine) as s:
+        s.execute(update(Notification).values(next_attempt_at=utcnow() - dt.timedelta(seconds=1)))
+        s.commit()
+    server = smtp_server()
+    up = deliver_pending(engine, settings=_settings(f"smtp://127.0.0.1:{server.port}", tmp_path))
+    assert up.sent == 4
+    # the messages carried them…
+    bodies = b"\n".join(e.content for e in server.handler.envelopes)
+    for secret in (b"tok-secret-0", b"tok-secret-1", b"987650", b"987651"):
+        assert secret in bodies
+    # …the database no longer does; everything else of the context stays
+    after = _contexts(engine)
+    assert after[("ok@example.kz", "token_reset")] == (
+        "sent", {"reference": "KZR-SECR-0000", "name": "Aigerim", "access_token": ""})
+    state, ctx = after[("later@example.kz", "address_change_requested")]
+    assert state == "sent" and ctx == {
+        "reference": "KZR-SECR-0001", "code": "", "payout_network": "tron",
+        "payout_address": "TJRabPrwbZy45sbavfcjinPJC18kjpRTv8", "expires_minutes": 15}
+    # a rerun sends nothing (and the blanked rows are never rendered again)
+    assert deliver_pending(engine, settings=_settings(f"smtp://127.0.0.1:{server.port}", tmp_path)).sent == 0
+
+
+def test_a_secret_is_blanked_when_its_notification_fails_for_good(engine, smtp_server, tmp_path):
+    server = smtp_server()
+    _queue_secrets(engine, ["reject-me@example.kz"])
+    rep = deliver_pending(engine, settings=_settings(f"smtp://127.0.0.1:{server.port}", tmp_path))
+    assert rep.failed == 2
+    after = _contexts(engine)
+    assert after[("reject-me@example.kz", "token_reset")] == (
+        "failed", {"reference": "KZR-SECR-0000", "name": "Aigerim", "access_token": ""})
+    assert after[("reject-me@example.kz", "address_change_requested")][1]["code"] == ""
+
+
+def test_blanking_changes_only_the_secrets():
+    from notifications.delivery import _blanked
+
+    assert _blanked({"reference": "R", "amount": "5"}) is None
+    assert _blanked({"reference": "R", "code": ""}) is None
+    assert _blanked({"reference": "R", "code": "123456", "name": "A"}) == {"reference": "R", "code": "", "name": "A"}
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def _maildir_ids(path) -> list[str]:
+    return [email.message_from_bytes(f.read_bytes())["Message-ID"] for f in (path / "new").iterdir()]
+
+
+def test_helper_processes_deliver_each_notification_once(engine, tmp_path):
+    """Two processes share the backlog (each takes its own batches); every notice is
+    delivered exactly once, as with one process."""
+    _queue(engine, [f"v{i}@example.kz" for i in range(40)], kind="received", language="kk")
+    _queue_secrets(engine, ["s@example.kz"])
+    settings = _settings(None, tmp_path / "mail")
+    # two batches of 10, one for each process, then the rest
+    first = deliver_pending(engine, settings=settings, batch_size=10, max_batches=2, workers=2)
+    assert (first.sent, first.batches) == (20, 2)
+    with Session(engine) as s:
+        workers = set(s.execute(select(Notification.claimed_by).where(Notification.state == "sent")).scalars())
+    assert len(workers) == 2  # this process and a helper
+    rest = deliver_pending(engine, settings=settings, batch_size=10, workers=2)
+    assert (rest.sent, rest.failed, rest.retry) == (22, 0, 0)
+    assert deliver_pending(engine, settings=settings, workers=2).batches == 0
+    ids = _maildir_ids(tmp_path / "mail")
+    assert len(ids) == 42 and len(set(ids)) == 42
+    states = _contexts(engine)
+    assert {state for state, _ in states.values()} == {"sent"}
+    assert states[("s@example.kz", "token_reset")][1]["access_token"] == ""
+
+
+def test_a_large_backlog_uses_every_core_and_a_small_one_stays_in_process(engine, tmp_path, monkeypatch):
+    import notifications.delivery as delivery
+
+    monkeypatch.setattr(delivery.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(delivery, "PARALLEL_MIN_DUE", 20)
+    _queue(engine, [f"v{i}@example.kz" for i in range(19)])
+    assert delivery._auto_workers(engine, 5, None) == 1  # 19 due < 20
+    _queue(engine, ["one-more@example.kz"])
+    assert delivery._auto_workers(engine, 5, None) == 2  # 20 due
+    assert delivery._auto_workers(engine, 5, 3) == 1     # asked for 15 at most
+    _queue(engine, [f"w{i}@example.kz" for i in range(10)])
+    # a transport object cannot be shared with another process: one process
+    calls = []
+    monkeypatch.setattr(delivery, "_helpers", lambda n: calls.append(n))
+    from notifications.transport import MaildirTransport
+
+    rep = deliver_pending(engine, settings=_settings(None, tmp_path / "mail"), batch_size=5,
+                          transport=MaildirTransport(tmp_path / "mail", sync="none"))
+    assert rep.sent == 30 and calls == []
+
+
+def test_an_in_memory_database_is_never_shared():
+    from sqlalchemy import create_engine
+
+    from notifications.delivery import _shareable_url
+
+    assert _shareable_url(create_engine("sqlite://")) is None
+    assert _shareable_url(create_engine("sqlite:///:memory:")) is None
+    assert _shareable_url(create_engine("sqlite:///var/x.db")) == "sqlite:///var/x.db"
+    assert _shareable_url(create_engine("postgresql+psycopg://u:p%40ss@h/db")) == "postgresql+psycopg://u:p%40ss@h/db"
+
+
+def test_a_helper_that_dies_leaves_its_claim_to_a_later_run(engine, tmp_path, monkeypatch, caplog):
+    """This process finishes the backlog alone; the dead helper's claim is taken over once its
+    lease has passed, and the helpers are started afresh next time."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import notifications.delivery as delivery
+
+    _queue(engine, [f"v{i}@example.kz" for i in range(12)])
+    claim_batch(engine, 5)  # what the helper had taken when it died
+
+    class DeadPool:
+        def submit(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            fut: Future = Future()
+            fut.set_exception(BrokenProcessPool("killed"))
+            return fut
+
+    dropped = []
+    monkeypatch.setattr(delivery, "_helpers", lambda n: DeadPool())
+    monkeypatch.setattr(delivery, "_drop_helpers", lambda: dropped.append(True))
+    settings = _settings(None, tmp_path / "mail")
+    rep = deliver_pending(engine, settings=settings, batch_size=4, workers=2)
+    assert (rep.sent, rep.failed) == (7, 0) and dropped == [True]
+    assert "helper process died" in caplog.text
+    with Session(engine) as s:
+        s.execute(update(Notification).where(Notification.state == "sending")
+                  .values(claimed_at=utcnow() - dt.timedelta(hours=1)))
+        s.commit()
+    assert deliver_pending(engine, settings=settings, workers=1).sent == 5
+    assert set(_states(engine).values()) == {"sent"}

@@ -400,3 +400,35 @@ def test_cached_skeletons_render_exactly_what_the_templates_render(kind: str, la
         assert fast[2].split() == _pack_html(html).split()  # packing changes only whitespace
         if not any("\ue000" in str(v) for v in context.values()):
             assert "\ue000" not in fast[0] + fast[1] + fast[2]  # every slot filled
+
+
+@pytest.mark.parametrize("lang", i18n.LANGUAGES)
+def test_the_email_object_is_built_on_first_use_and_describes_the_same_message(lang: str) -> None:
+    msg = do_render("paid", lang, nid=77)
+    fast = msg.wire_bytes()  # type: ignore[attr-defined]
+    # sending needs neither the header list nor the parts
+    assert msg.wire_message_id() == "<notification-77@restitution.example.kz>"  # type: ignore[attr-defined]
+    assert "_pending" in msg.__dict__
+    parsed = parse(fast)
+    # the first look builds them: the same headers, parts and contents as the bytes
+    assert [(k, str(v)) for k, v in msg.items()] == [(k, str(v)) for k, v in parsed.items()]
+    assert "_pending" not in msg.__dict__
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert bodies(msg) == bodies(parsed)
+    assert msg.wire_bytes() == fast  # type: ignore[attr-defined]
+    assert parse(msg.as_bytes()).get_body(("plain",)).get_content() == bodies(parsed)[0]  # type: ignore[union-attr]
+    # a changed part is serialized from the object
+    msg.get_body(("plain",)).set_content("changed")  # type: ignore[union-attr]
+    assert bodies(parse(msg.wire_bytes()))[0] == "changed\n"  # type: ignore[attr-defined]
+    assert msg.wire_message_id() == "<notification-77@restitution.example.kz>"  # type: ignore[attr-defined]
+
+
+def test_a_rendered_message_copies_and_pickles() -> None:
+    import copy
+    import pickle
+
+    msg = do_render("received", "kk")
+    for clone in (copy.copy(msg), copy.deepcopy(msg), pickle.loads(pickle.dumps(msg))):
+        assert clone.wire_bytes() == msg.wire_bytes()  # type: ignore[attr-defined]
+        assert clone["Content-Language"] == "kk"
