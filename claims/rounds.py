@@ -261,23 +261,11 @@ ALLOCATION_COLUMNS = ("round_id", "claim_id", "claim_version", "invested", "with
 
 def bulk_insert(session: Session, table, columns: Sequence[str], rows: list[tuple],
                 batch_size: int = INSERT_BATCH) -> None:
-    """Write ``rows`` (tuples in ``columns`` order) into ``table`` in the session's
-    transaction, fast: ``COPY … FROM STDIN`` on PostgreSQL (psycopg), the driver's
-    ``executemany`` in batches elsewhere (no per-row ORM or type processing: the values must
-    be plain ints, strings and None)."""
-    conn = session.connection()
-    names = ", ".join(columns)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([mark] * len(columns))})"
+    """Write ``rows`` (tuples in ``columns`` order, plain ints, strings and None) into
+    ``table`` in the session's transaction, ``batch_size`` at a time, through
+    :func:`claims.audit.bulk_insert` (COPY on PostgreSQL, ``executemany`` elsewhere)."""
     for start in range(0, len(rows), batch_size):
-        conn.exec_driver_sql(sql, rows[start:start + batch_size])
+        audit.bulk_insert(session, table, columns, rows[start:start + batch_size])
 
 
 def _solve_case(session: Session, case, pool: int, method: str, min_payout: int):
