@@ -13,7 +13,10 @@ from claims.settings import Settings, get_settings
 
 
 def get_db() -> Iterator[Session]:
-    """One write transaction per request: committed when the handler returns normally."""
+    """One write transaction per request: committed when the handler returns normally, before
+    the response is sent (``scope="function"`` below: FastAPI's default ends a dependency
+    with ``yield`` only after the response has gone, which would answer 200 for a write that
+    is not yet visible — or that then fails to commit)."""
     with session_scope(get_engine()) as session:
         yield session
 
@@ -28,6 +31,6 @@ def get_read_db() -> Iterator[Session]:
             session.rollback()
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
-ReadSessionDep = Annotated[Session, Depends(get_read_db)]
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_db, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

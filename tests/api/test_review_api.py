@@ -413,6 +413,42 @@ def test_decision_is_one_transaction(client, make_staff, filed_claim, engine, mo
         assert s.execute(select(Flag.resolved_at).where(Flag.claim_id == fc.id)).scalar() is None
 
 
+def test_decision_is_committed_before_the_answer(client, make_staff, filed_claim, engine,
+                                                 monkeypatch):
+    """The caseworker is told 200 only once the decision is committed: when the commit
+    fails, the answer is an error and nothing is written (FastAPI would otherwise end the
+    request's session after the response has gone — the demo then saw its own decision
+    missing from the next queue read)."""
+    from sqlmodel import Session
+
+    cw = make_staff("caseworker")
+    fc = filed_claim(ledger={"deposits": "100"}, flags=["amount_differs"])
+    before = counts(engine)
+    real_commit = Session.commit
+
+    def failing_commit(self):
+        if self.info.get("failing"):
+            raise RuntimeError("disk full")
+        return real_commit(self)
+
+    def mark_failing(self, *a, **k):
+        self.info["failing"] = True
+        return real_decide(self, *a, **k)
+
+    from claims import review
+
+    real_decide = review.decide
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    monkeypatch.setattr(review, "decide", lambda session, *a, **k: mark_failing(session, *a, **k))
+    from fastapi.testclient import TestClient
+
+    with TestClient(client.app, raise_server_exceptions=False) as c:
+        r = c.post(f"/api/v1/review/claims/{fc.reference}/decision", headers=cw,
+                   json={"decision": "approve", "reason": "fine"})
+    assert r.status_code == 500
+    assert counts(engine) == before
+
+
 # ------------------------------------------------------------------ bulk decisions
 
 
