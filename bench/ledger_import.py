@@ -16,8 +16,9 @@ export). Then, each in a fresh process so peak memory is the import's own:
                   into a plain table, in one transaction, same journal settings (WAL,
                   synchronous=NORMAL): no validation, no indexes — the floor for "load this CSV
                   into SQLite". The import writes more than this on purpose: each row into a
-                  staging table and then into ``ledger_entry`` (3 indexes) and its tx hash into
-                  ``ledger_identifier`` (3 indexes), so the ratio is work, not only overhead;
+                  staging table and then into ``ledger_entry`` (rowid, unique row key, account)
+                  and its tx hash into ``ledger_identifier`` (rowid, unique match key), so the
+                  ratio is work, not only overhead;
 - ``import N/4`` — the import of the first quarter of the file: peak RSS should be the same as
                   for N (memory flat in file size).
 
@@ -252,8 +253,8 @@ def main() -> None:
     grown_full = full["peak_rss_mb"] - full["rss_before_mb"]
     grown_quarter = quarter["peak_rss_mb"] - quarter["rss_before_mb"]
     # What the import may hold whatever the file size: a 64 MiB SQLite page cache (SQLite's
-    # sorters may use as much again before they spill to disk), 5 x 8,192 cached values, a
-    # 10,000-row chunk, 1 MiB read buffers.
+    # sorters may use as much again before they spill to disk), 5 x 8,192 cached values, one
+    # row at a time, 1 MiB read buffers.
     cap = 180
     if mem_growth <= max(16.0, 0.25 * grown_full):
         verdict = "flat"

@@ -178,10 +178,8 @@ class LedgerIdentifier(_Table, table=True):
     found in the ledger rows, normalized (the match keys of verification)."""
 
     __tablename__ = "ledger_identifier"
-    __table_args__ = (
-        UniqueConstraint("case_id", "kind", "value", "account_pk"),
-        Index("ix_ledger_identifier_lookup", "case_id", "kind", "value"),
-    )
+    # The unique constraint's index serves verification's lookups by (case_id, kind, value).
+    __table_args__ = (UniqueConstraint("case_id", "kind", "value", "account_pk"),)
     id: int | None = Field(default=None, sa_type=BigId, primary_key=True)
     case_id: int = Field(foreign_key="case.id")
     kind: str = Field(sa_type=String(16))  # tx_hash | iin | email | phone | wallet

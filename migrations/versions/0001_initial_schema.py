@@ -242,9 +242,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('case_id', 'kind', 'value', 'account_pk')
     )
-    with op.batch_alter_table('ledger_identifier', schema=None) as batch_op:
-        batch_op.create_index('ix_ledger_identifier_lookup', ['case_id', 'kind', 'value'], unique=False)
-
     op.create_table('mismatch',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('round_id', sa.Integer(), nullable=False),
@@ -505,9 +502,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_mismatch_round_id'))
 
     op.drop_table('mismatch')
-    with op.batch_alter_table('ledger_identifier', schema=None) as batch_op:
-        batch_op.drop_index('ix_ledger_identifier_lookup')
-
     op.drop_table('ledger_identifier')
     with op.batch_alter_table('ledger_entry', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ledger_entry_account_pk'))

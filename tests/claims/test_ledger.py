@@ -119,7 +119,7 @@ def test_import_stores_rows_totals_and_match_keys(engine, case, tmp_path):
     assert (first.email, first.phone, first.iin_hash) == (
         "alice@example.com", "+77012345678", iin_hash(IIN))
     assert by_row["A1", "withdrawal"].tx_hash is None
-    assert all(len(e.row_key) == 64 for e in entries)
+    assert all(len(e.row_key) == 32 for e in entries)
     assert len({e.row_key for e in entries}) == 6
 
 
