@@ -158,7 +158,7 @@ def record_each(
          canonical_text(jsonable(before)), canonical_text(jsonable(after)))
         for actor, action, subject_type, subject_id, before, after in events
     ]
-    return list(_append(session, rows))
+    return list(record_rows(session, rows))
 
 
 def record_texts(
@@ -174,12 +174,16 @@ def record_texts(
     :func:`record` for hot paths (a batch of claims): the event and its hash are exactly
     what :func:`record` would write for the same values. Returns the new ids."""
     name, role = actor.name, actor.role
-    return _append(session, [(name, role, action, subject_type, sid, b, a) for sid, b, a in items])
+    return record_rows(session, [(name, role, action, subject_type, sid, b, a)
+                                 for sid, b, a in items])
 
 
-def _append(session: Session, rows: list[tuple[str, str, str, str, str, str, str]]) -> range:
-    """Chain and insert ``(actor, role, action, subject_type, subject_id, before_text,
-    after_text)`` rows: one head lock, one bulk insert, one head update."""
+def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str, str]]) -> range:
+    """Append events given as ``(actor name, actor role, action, subject_type, subject_id,
+    before_text, after_text)`` rows, the texts as :func:`record_texts` takes them: the bulk
+    form of :func:`record_each` for hot paths whose events have different actors (a batch of
+    claims, each filed by its claimant). One head lock, one bulk insert, one head update for
+    the lot; returns the new ids."""
     if not rows:
         return range(0)
     head = _lock_head(session)

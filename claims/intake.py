@@ -28,6 +28,7 @@ status page and ``GET /api/v1/claims/{reference}`` show).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hmac
 import re
@@ -37,6 +38,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import SimpleNamespace
 from fractions import Fraction
 from typing import Any
@@ -153,11 +155,20 @@ REFERENCE_RE = re.compile(r"KZR-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}")
 _CROCKFORD_FIX = str.maketrans({"O": "0", "I": "1", "L": "1"})
 
 
+# RFC 4648's base32 digits → Crockford's (the same 5 bits per character).
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", CROCKFORD.encode())
+
+
 def new_reference() -> str:
     """``KZR-XXXX-XXXX``: 40 random bits in Crockford base32, upper case."""
-    n = secrets.randbits(40)
-    chars = "".join(CROCKFORD[(n >> (5 * i)) & 31] for i in range(8))
-    return f"KZR-{chars[:4]}-{chars[4:]}"
+    return new_references(1)[0]
+
+
+def new_references(n: int) -> list[str]:
+    """``n`` references as :func:`new_reference` makes them, from one read of the random
+    source (5 random bytes are 8 base32 characters)."""
+    chars = base64.b32encode(secrets.token_bytes(5 * n)).translate(_TO_CROCKFORD).decode()
+    return [f"KZR-{chars[i:i + 4]}-{chars[i + 4:i + 8]}" for i in range(0, 8 * n, 8)]
 
 
 def normalize_reference(text: object) -> str | None:
@@ -189,10 +200,16 @@ class Prepared:
 
 @dataclass
 class Filed:
-    claim: Any  # the inserted row's values and id (not an ORM object: cheaper on the hot path)
+    claim_id: int
+    row: dict[str, Any]  # the inserted row's column values (but its id)
     reference: str
     access_token: str
     warnings: list[dict[str, str]] = field(default_factory=list)
+
+    @cached_property
+    def claim(self) -> Any:
+        """The inserted row's values and id as attributes (not an ORM object: cheaper)."""
+        return SimpleNamespace(id=self.claim_id, **self.row)
 
     def response(self) -> dict[str, Any]:
         """The 201 body (CONTRACT)."""
@@ -233,12 +250,12 @@ def prepare(data: Mapping[str, Any]) -> Prepared:
         "language": clean["language"],
         "scheme_account": clean["scheme_account"],
         "claimed_amount": clean["claimed_amount"],
-        "evidence_tx_hashes": list(clean["evidence_tx_hashes"] or []),
+        "evidence_tx_hashes": clean["evidence_tx_hashes"],
         "payout_network": network,
         "payout_address": address,
         "payout_address_key": normalize_address_key(network, address),
     }
-    return Prepared(case_code=clean["case_id"], values=values, warnings=list(warnings))
+    return Prepared(case_code=clean["case_id"], values=values, warnings=warnings)
 
 
 def case_problem(session: Session, code: object) -> dict[str, str] | None:
@@ -285,16 +302,15 @@ def file_claim(
     claim_id = session.connection().execute(
         insert(Claim.__table__).returning(Claim.__table__.c.id), row
     ).scalar_one()
-    claim = SimpleNamespace(id=claim_id, **row)
-    outbox.enqueue(session, claim, "received", _received_context(claim))
+    filed = Filed(claim_id, row, reference, token, prepared.warnings)
+    _queue_received(session, [filed])
     if ticket is not None:
         idempotency.complete(
             session, ticket, 201,
-            {"reference": reference, "status": claim.status, "warnings": prepared.warnings},
+            {"reference": reference, "status": row["status"], "warnings": prepared.warnings},
         )
-    _record_events(session, [(Actor.claimant(reference), "claim.filed", "claim", reference, None,
-                              _filed_audit(claim, case.code))])
-    return Filed(claim, reference, token, prepared.warnings)
+    _record_events(session, [_filed_event(Actor.claimant(reference), row, case.code)])
+    return filed
 
 
 def _claim_row(case: Case, prepared: Prepared, reference: str, token: str, source: str,
@@ -313,24 +329,35 @@ def _claim_row(case: Case, prepared: Prepared, reference: str, token: str, sourc
     }
 
 
-def _received_context(claim: Any) -> dict[str, Any]:
-    return {
-        "name": claim.full_name,
-        "claimed_amount": format_amount(claim.claimed_amount),
-        "payout_network": claim.payout_network,
-    }
+def _queue_received(session: Session, filed: Sequence[Filed]) -> None:
+    """The ``received`` notification of each new claim (its context is JSON-native already:
+    stored as :func:`claims.outbox.context_text` writes it)."""
+    outbox.enqueue_rows(session, [
+        (f.claim_id, "received", f.row["language"], f.row["email"],
+         outbox.context_text(f.reference, {
+             "name": f.row["full_name"],
+             "claimed_amount": format_amount(f.row["claimed_amount"]),
+             "payout_network": f.row["payout_network"],
+         }))
+        for f in filed
+    ])
 
 
-def _filed_audit(claim: Any, case_code: str) -> dict[str, Any]:
+def _filed_event(actor: Actor, row: Mapping[str, Any], case_code: str) -> tuple[str, ...]:
+    """The ``claim.filed`` audit event of a claim row, as :func:`claims.audit.record_rows`
+    takes it (its ``after`` holds JSON-native values only: their canonical text is written
+    directly)."""
     # No personal data in the trail beyond what staff need to follow it.
-    return {
-        "status": claim.status,
+    after = {
+        "status": row["status"],
         "case_id": case_code,
-        "source": claim.source,
-        "claimed_amount": claim.claimed_amount,
-        "payout_network": claim.payout_network,
-        "language": claim.language,
+        "source": row["source"],
+        "claimed_amount": row["claimed_amount"],
+        "payout_network": row["payout_network"],
+        "language": row["language"],
     }
+    return (actor.name, actor.role, "claim.filed", "claim", row["reference"], "null",
+            audit.canonical_text(after))
 
 
 def file_claim_tx(
@@ -376,8 +403,9 @@ def file_many(
     idempotency keys completed in the same transaction. ``check_references=False`` skips the
     query that makes sure the random references are new (a collision then fails the insert
     with ``IntegrityError``: for callers that retry, such as :class:`GroupCommit`).
-    ``audit_events``: a list the audit events are added to instead of being written — the
-    caller writes them (:func:`_record_events`) later in the same transaction.
+    ``audit_events``: a list the audit events (:func:`claims.audit.record_rows`'s rows) are
+    added to instead of being written — the caller writes them (:func:`_record_events`) later
+    in the same transaction.
     """
     tickets = list(tickets) if tickets is not None else [None] * len(prepared)
     conn = session.connection()
@@ -400,7 +428,7 @@ def file_many(
     if check_references:
         refs = _fresh_references(session, len(todo))
     else:
-        refs = list(dict.fromkeys(new_reference() for _ in todo))
+        refs = list(dict.fromkeys(new_references(len(todo))))
         while len(refs) < len(todo):  # pragma: no cover - 40 random bits rarely repeat
             refs = list(dict.fromkeys([*refs, new_reference()]))
     now = utcnow()
@@ -426,18 +454,12 @@ def file_many(
     filed: list[Filed] = []
     for i, claim_id in zip(todo, ids):
         row = rows[i]
-        f = Filed(SimpleNamespace(id=claim_id, **row), row["reference"], tokens[i],
-                  prepared[i].warnings)
+        f = Filed(claim_id, row, row["reference"], tokens[i], prepared[i].warnings)
         results[i] = f
         filed.append(f)
-    outbox.enqueue_many(
-        session, [(f.claim, "received", _received_context(f.claim), None) for f in filed]
-    )
-    events = [
-        (actor or Actor.claimant(f.reference), "claim.filed", "claim", f.reference, None,
-         _filed_audit(f.claim, case.code))
-        for f in filed
-    ]
+    _queue_received(session, filed)
+    events = [_filed_event(actor or Actor.claimant(f.reference), f.row, case.code)
+              for f in filed]
     if audit_events is not None:
         audit_events.extend(events)
     else:
@@ -471,29 +493,28 @@ def _insert_claims(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     else:  # pragma: no cover - the project runs on SQLite and PostgreSQL
         return _insert_claims_returning(session, rows)
     names = list(rows[0])
-    columns = ("id", *names)
-    procs = _bind_processors(session, names)
-    # The batch's times are one object (``now``): bind each distinct value once per column.
-    done: list[tuple[Any, Any]] = [(_UNSET, None)] * len(names)
-
-    def bind(i: int, p, v: Any) -> Any:
-        if p is None:
-            return v
-        last, out = done[i]
-        if v is not last:
-            out = p(v)
-            done[i] = (v, out)
-        return out
-
-    values = [
-        (cid, *[bind(i, p, row[n]) for i, (p, n) in enumerate(zip(procs, names))])
-        for cid, row in zip(ids, rows)
-    ]
+    # Column by column (each value through its column's bind processing), then row tuples.
+    columns: list[list[Any]] = [ids]
+    for name, proc in zip(names, _bind_processors(session, names)):
+        values = [row[name] for row in rows]
+        columns.append(values if proc is None else _bind_all(proc, values))
     try:
-        audit.bulk_insert(session, table, columns, values)
+        audit.bulk_insert(session, table, ("id", *names), list(zip(*columns)))
     except dialect.loaded_dbapi.IntegrityError as exc:  # COPY's error, unwrapped: as SQLAlchemy's
         raise IntegrityError("INSERT INTO claim", None, exc) from exc
     return ids
+
+
+def _bind_all(proc, values: list[Any]) -> list[Any]:
+    """``proc`` applied to each value; the same object repeated (the batch's times are one
+    ``now``) is bound once."""
+    out: list[Any] = []
+    last = bound = _UNSET
+    for v in values:
+        if v is not last:
+            last, bound = v, proc(v)
+        out.append(bound)
+    return out
 
 
 def _insert_claims_returning(session: Session, rows: list[dict[str, Any]]) -> list[int]:
@@ -533,22 +554,10 @@ def _bind_processors(session: Session, names: list[str]) -> list:
 
 
 def _record_events(session: Session, events: list[tuple]) -> None:
-    """Audit events ``(actor, action, subject_type, subject_id, before, after)`` in order.
-
-    One chain append for the lot when every event has the same actor or when
-    ``claims.audit.record_each`` (per-event actors) exists; otherwise one append per event."""
-    if not events:
-        return
-    record_each = getattr(audit, "record_each", None)
-    if record_each is not None:
-        record_each(session, events)
-        return
-    actors = {e[0] for e in events}
-    if len(actors) == 1:
-        audit.record_many(session, events[0][0], [e[1:] for e in events])
-        return
-    for actor, *rest in events:
-        audit.record_many(session, actor, [tuple(rest)])
+    """Audit events (:func:`claims.audit.record_rows`'s rows, e.g. :func:`_filed_event`) in
+    order: one chain append for the lot."""
+    if events:
+        audit.record_rows(session, events)
 
 
 # ----------------------------------------------------------------------------- group commit
@@ -923,10 +932,11 @@ def group_commit(engine: Engine, source: str = "web") -> GroupCommit:
 
 _CASE_BY_CODE = None
 _DUP_MANY = None
+_REFS_TAKEN = None
 
 
 def _statements() -> None:
-    global _CASE_BY_CODE, _DUP_MANY
+    global _CASE_BY_CODE, _DUP_MANY, _REFS_TAKEN
     from sqlalchemy import bindparam
 
     case = Case.__table__
@@ -936,6 +946,8 @@ def _statements() -> None:
     _DUP_MANY = select(claim.c.iin_hash).where(
         claim.c.case_id == bindparam("case_id"),
         claim.c.iin_hash.in_(bindparam("hashes", expanding=True)))
+    _REFS_TAKEN = select(claim.c.reference).where(
+        claim.c.reference.in_(bindparam("refs", expanding=True)))
 
 
 def open_case_fast(session: Session, code: str) -> Any:
@@ -957,15 +969,14 @@ def _chunks(items: Sequence, n: int) -> Iterable[Sequence]:
 def _fresh_references(session: Session, n: int) -> list[str]:
     """``n`` new references, distinct and not yet in the database."""
     refs: list[str] = []
+    conn = session.connection()
     while len(refs) < n:
         want = n - len(refs)
-        batch = list(dict.fromkeys(new_reference() for _ in range(want)))
+        batch = list(dict.fromkeys(new_references(want)))
         batch = [r for r in batch if r not in refs]
         taken: set[str] = set()
         for chunk in _chunks(batch, 500):
-            taken.update(
-                session.execute(select(Claim.reference).where(Claim.reference.in_(chunk))).scalars()
-            )
+            taken.update(conn.execute(_REFS_TAKEN, {"refs": list(chunk)}).scalars())
         refs.extend(r for r in batch if r not in taken)
     return refs
 

@@ -55,13 +55,21 @@ def enqueue_many(
 def enqueue_texts(session: Session, items: Iterable[tuple[Claim, str, str, str | None]]) -> int:
     """:func:`enqueue_many` with each context already as JSON text — the text
     :func:`context_text` gives (hot paths build it without the generic conversion)."""
+    return enqueue_rows(session, [
+        (claim.id, kind, claim.language, to_email or claim.email, context)
+        for claim, kind, context, to_email in items
+    ])
+
+
+def enqueue_rows(session: Session, items: Iterable[tuple[int, str, str, str, str]]) -> int:
+    """:func:`enqueue_texts` with each notification as ``(claim_id, kind, language,
+    to_email, context_text)`` (hot paths that hold the claim's values, not a claim)."""
     now = bind_value(session, Notification.__table__.c.created_at, utcnow())
     rows = []
-    for claim, kind, context, to_email in items:
+    for claim_id, kind, language, to_email, context in items:
         if kind not in KINDS:
             raise ValueError(f"unknown notification kind {kind!r}")
-        rows.append((claim.id, kind, claim.language, to_email or claim.email, context, "pending", 0,
-                     now, now))
+        rows.append((claim_id, kind, language, to_email, context, "pending", 0, now, now))
     bulk_insert(session, Notification.__table__, _COLUMNS, rows)
     return len(rows)
 

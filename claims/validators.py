@@ -192,11 +192,13 @@ def _text(field: str, value: object, *, what: str = "text") -> str:
 
 
 def _has_control(value: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI_CONTROLS for c in value)
+    return _CONTROL.search(value) is not None
 
 
-# Bidirectional embedding/override/isolate controls: invisible and used to spoof text.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Control characters: Unicode categories Cc (C0, DEL, C1) and Cs (surrogates) — both fixed
+# ranges — and the bidirectional embedding/override/isolate controls (invisible, used to
+# spoof text).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 
 
 # --------------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 _IIN_RE = re.compile(r"[0-9]{12}")
 _IIN_W1 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 _IIN_W2 = (3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2)
+_IIN_W_SUM = sum(_IIN_W1)  # == sum(_IIN_W2)
 # digit 7 → (first year of the century, sex)
 _IIN_CENTURY = {
     "1": (1800, "male"),
@@ -218,10 +221,10 @@ _IIN_CENTURY = {
 
 def _iin_check_digit(first11: str) -> int | None:
     """The check digit of 11 digits, or ``None`` when both weight sets give 10."""
-    digits = [int(c) for c in first11]
-    s = sum(d * w for d, w in zip(digits, _IIN_W1)) % 11
+    digits = first11.encode()  # ASCII digits: d - 48 is the digit
+    s = (sum(map(int.__mul__, digits, _IIN_W1)) - 48 * _IIN_W_SUM) % 11
     if s == 10:
-        s = sum(d * w for d, w in zip(digits, _IIN_W2)) % 11
+        s = (sum(map(int.__mul__, digits, _IIN_W2)) - 48 * _IIN_W_SUM) % 11
         if s == 10:
             return None
     return s
@@ -302,6 +305,8 @@ def make_iin(birth_date: dt.date, sex: str, serial: int = 0) -> str:
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_SET = frozenset(_B58_ALPHABET)
+# A base58 text's bytes → its digits' values (for ``bytes.translate``).
+_B58_DIGITS = bytes.maketrans(_B58_ALPHABET.encode(), bytes(range(58)))
 _TRON_PREFIX = 0x41
 _ETH_SHAPE = re.compile(r"0[xX][0-9a-fA-F]{40}")
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
@@ -310,6 +315,18 @@ _TRON_HEX = re.compile(r"41[0-9a-fA-F]{40}")
 
 def _b58check_checksum(payload: bytes) -> bytes:
     return hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4]
+
+
+def _b58_tron_payload(addr: str) -> bytes | None:
+    """The 25 bytes (prefix, account id, checksum) of a base58 TRON address, or None when its
+    number is not a version-``0x41`` payload of that size. ``addr`` is base58 and starts with
+    ``T`` (no leading ``1``: no leading zero bytes), so the number alone decides."""
+    n = 0
+    for digit in addr.encode().translate(_B58_DIGITS):
+        n = n * 58 + digit
+    if n >> 192 != _TRON_PREFIX:
+        return None
+    return n.to_bytes(25, "big")
 
 
 def _looks_tron(addr: str) -> bool:
@@ -327,8 +344,8 @@ def validate_tron_address(addr: object, *, field: str = "payout_address") -> str
         )
     if not addr.startswith("T"):
         raise ValidationFailed(field, "a TRON address starts with T")
-    bad = sorted({c for c in addr if c not in _B58_SET})
-    if bad:
+    if not _B58_SET.issuperset(addr):
+        bad = sorted({c for c in addr if c not in _B58_SET})
         shown = ", ".join(repr(c) for c in bad[:5])
         raise ValidationFailed(
             field,
@@ -337,8 +354,8 @@ def validate_tron_address(addr: object, *, field: str = "payout_address") -> str
         )
     if len(addr) != 34:
         raise ValidationFailed(field, f"a TRON address has 34 characters, not {len(addr)}")
-    raw = base58.b58decode(addr)
-    if len(raw) != 25 or raw[0] != _TRON_PREFIX:
+    raw = _b58_tron_payload(addr)
+    if raw is None:
         raise ValidationFailed(field, "is not a TRON address — check for a typo")
     if _b58check_checksum(raw[:21]) != raw[21:]:
         raise ValidationFailed(field, "TRON address checksum does not match — check for a typo")
@@ -560,8 +577,17 @@ def validate_phone(phone: object) -> str:
 
 
 def validate_email(email: object) -> str:
-    """A syntactically valid e-mail address, normalized (no deliverability check)."""
+    """A syntactically valid e-mail address, normalized (no deliverability check).
+
+    The rules and the normalization are email-validator's. The addresses nearly everyone
+    types (:data:`_SIMPLE_EMAIL`) take a shortcut with the same result: their local part is
+    kept as typed, and their domain's check — most of the cost — is done once per domain."""
     text = _text("email", email, what="an e-mail address")
+    simple = _SIMPLE_EMAIL.fullmatch(text)
+    if simple is not None:
+        normalized = _simple_email(simple[1], simple[2])
+        if normalized is not None:
+            return normalized
     from email_validator import EmailNotValidError
     from email_validator import validate_email as _ev
 
@@ -570,6 +596,56 @@ def validate_email(email: object) -> str:
     except EmailNotValidError as exc:
         raise ValidationFailed("email", _email_message(str(exc))) from None
     return result.normalized
+
+
+# An ASCII dot-atom local part of letters, digits and ``_+-`` (always valid and kept as typed
+# by email-validator), then an ASCII domain (checked by email-validator on its own).
+_SIMPLE_EMAIL = re.compile(r"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@([A-Za-z0-9.-]+)")
+_EMAIL_MAX_LENGTH = 254  # email-validator's limits (RFC 5321), bytes
+_LOCAL_PART_MAX_LENGTH = 64
+
+
+def _simple_email(local: str, domain: str) -> str | None:
+    """email-validator's normalized form of ``local@domain`` (a :data:`_SIMPLE_EMAIL` match),
+    or None when the full check must decide (a bad domain — for its message —, a length
+    limit, a role mailbox such as ``Info@`` that email-validator lower-cases)."""
+    import email_validator
+
+    names = _email_domain(domain, email_validator.TEST_ENVIRONMENT,
+                          email_validator.GLOBALLY_DELIVERABLE)
+    if names is None or len(local) > _LOCAL_PART_MAX_LENGTH:
+        return None
+    if local.lower() in _case_insensitive_mailboxes():
+        return None
+    normalized, ascii_domain = names
+    longest = max(len(domain), len(normalized.encode()), len(ascii_domain))
+    if len(local) + 1 + longest > _EMAIL_MAX_LENGTH:
+        return None
+    return f"{local}@{normalized}"
+
+
+@lru_cache(maxsize=4096)
+def _email_domain(domain: str, test_environment: bool,
+                  globally_deliverable: bool) -> tuple[str, str] | None:
+    """email-validator's ``(domain, ascii_domain)`` for ``domain`` (its check of the part
+    after the @-sign depends on nothing else but these two settings), or None when bad."""
+    from email_validator import EmailNotValidError
+    from email_validator import validate_email as _ev
+
+    try:
+        result = _ev("a@" + domain, check_deliverability=False,
+                     test_environment=test_environment,
+                     globally_deliverable=globally_deliverable)
+    except EmailNotValidError:
+        return None
+    return result.domain, result.ascii_domain
+
+
+@lru_cache(maxsize=1)
+def _case_insensitive_mailboxes() -> frozenset[str]:
+    from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
+
+    return frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
 def _email_message(msg: str) -> str:

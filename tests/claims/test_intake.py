@@ -104,7 +104,7 @@ def test_file_claim_and_duplicates(case, engine):
 def test_file_claim_retries_a_reference_collision(case, engine, monkeypatch):
     first = intake.file_claim_tx(intake.prepare(data(1)))
     refs = iter([first.reference, first.reference, "KZR-0000-0001"])
-    monkeypatch.setattr(intake, "new_reference", lambda: next(refs))
+    monkeypatch.setattr(intake, "new_references", lambda n: [next(refs) for _ in range(n)])
     second = intake.file_claim_tx(intake.prepare(data(2)))
     assert second.reference == "KZR-0000-0001"
 
@@ -180,6 +180,38 @@ def test_file_many_stores_the_rows_an_insert_returning_stores(case, engine, monk
     # Ids keep growing past the ones taken (the next insert by any path does not collide).
     more = intake.file_claim_tx(intake.prepare(data(9)))
     assert more.claim.id > max(f.claim.id for f in new + old)
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_filing_writes_the_notification_and_audit_event_of_the_generic_writers(
+        case, engine, bulk):
+    """The hot paths write the ``received`` context and the ``claim.filed`` event as text; it
+    is what ``outbox.enqueue`` and ``audit.record`` store for the same values (the chain's
+    hashes, recomputed from the stored values, verify)."""
+    from claims.audit import verify_chain
+    from claims.db import session_scope
+    from claims.models import AuditEvent, Notification
+
+    body = data(1, full_name="Әсел \"Ñoño\" Petrova", claimed_amount="1234.5")
+    if bulk:
+        with session_scope(engine) as s:
+            [filed] = intake.file_many(s, intake.open_case(s, CASE), [intake.prepare(body)])
+    else:
+        filed = intake.file_claim_tx(intake.prepare(body))
+    with session_scope(engine, write=False) as s:
+        [note] = s.execute(select(Notification)).scalars().all()
+        assert (note.kind, note.claim_id, note.to_email, note.language) == (
+            "received", filed.claim.id, body["email"], body["language"])
+        assert note.context == {"reference": filed.reference, "name": "Әсел \"Ñoño\" Petrova",
+                                "claimed_amount": "1234.5", "payout_network": "tron"}
+        [event] = s.execute(
+            select(AuditEvent).where(AuditEvent.action == "claim.filed")).scalars().all()
+        assert (event.actor, event.role, event.action, event.subject_id, event.before) == (
+            f"claimant:{filed.reference}", "claimant", "claim.filed", filed.reference, None)
+        assert event.after == {"status": "submitted", "case_id": CASE, "source": "import" if bulk
+                               else "web", "claimed_amount": 1_234_500_000,
+                               "payout_network": "tron", "language": body["language"]}
+        assert verify_chain(s).ok
 
 
 def test_find_claim_gives_the_same_not_found(case, engine):
@@ -362,7 +394,7 @@ def test_group_commit_refiles_one_by_one_when_the_batch_fails(case, engine, monk
 
     first = intake.file_claim_tx(intake.prepare(data(1)))
     refs = iter([first.reference] + [f"KZR-0000-000{i}" for i in range(1, 9)])
-    monkeypatch.setattr(intake, "new_reference", lambda: next(refs))
+    monkeypatch.setattr(intake, "new_references", lambda n: [next(refs) for _ in range(n)])
     gc = intake.GroupCommit(engine)
 
     async def go():

@@ -262,6 +262,17 @@ def test_make_iin_refuses_bad_arguments():
 # TRON
 
 
+@pytest.mark.parametrize("addr", [
+    "T" + "1" * 33,  # too small a number for 25 bytes
+    "T" + "z" * 33,  # too large
+    base58.b58encode_check(b"\x42" + bytes(range(1, 21))).decode(),  # another version byte
+])
+def test_base58_that_is_no_tron_payload_is_refused(addr):
+    assert addr[0] == "T" and len(addr) == 34
+    assert failure(validate_tron_address, addr).message == (
+        "is not a TRON address — check for a typo")
+
+
 def test_usdt_contract_address_is_valid():
     assert validate_tron_address(USDT_TRC20) == USDT_TRC20
     assert validate_tron_address(f" {USDT_TRC20} ") == USDT_TRC20
@@ -470,6 +481,47 @@ def test_bad_phones(raw, words):
     err = failure(validate_phone, raw)
     assert err.field == "phone"
     assert words in err.message
+
+
+@pytest.mark.parametrize("raw", [
+    "victim@example.kz", "Victim.Name+tag@Mail.EXAMPLE.com", "a_b-c@sub-domain.example.org",
+    "Info@Example.com", "POSTMASTER@example.com", "support.team@example.com",  # role mailboxes
+    "x@xn--e1afmkfd.xn--p1ai", "x@XN--E1AFMKFD.xn--p1ai",  # IDNA → Unicode domain
+    "victim@localhost", "victim@example", "victim@a.test", "victim@a.invalid", "victim@1.2.3.4",
+    "victim@ex--ample.com", "victim@-example.com", "victim@example-.com", "victim@example..com",
+    "victim@example.com.", "victim@" + "a" * 64 + ".com", ".victim@example.com",
+    "victim.@example.com", "vic..tim@example.com", "l" * 64 + "@example.com",
+    "l" * 65 + "@example.com", "l" * 100 + "@" + "d" * 60 + "." + "d" * 60 + "." + "d" * 40 + ".com",
+    "жертва@пример.рф", "a@b@example.com", "Victim <victim@example.com>", '"v i"@example.com',
+])
+def test_email_result_is_email_validators(raw):
+    """The shortcut for common addresses gives email-validator's result, or its message."""
+    from email_validator import EmailNotValidError
+    from email_validator import validate_email as library
+
+    from claims.validators import _email_message
+
+    try:
+        expected = ("ok", library(raw, check_deliverability=False).normalized)
+    except EmailNotValidError as exc:
+        expected = ("refused", _email_message(str(exc)))
+    try:
+        got = ("ok", validate_email(raw))
+    except ValidationFailed as exc:
+        got = ("refused", exc.message)
+    assert got == expected
+
+
+def test_control_characters_are_the_unicode_categories():
+    """``_has_control``'s ranges are exactly categories Cc and Cs and the bidi controls."""
+    import unicodedata
+
+    from claims.validators import _has_control
+
+    bidi = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    for cp in range(0x110000):
+        c = chr(cp)
+        assert _has_control(c) == (unicodedata.category(c) in ("Cc", "Cs") or c in bidi), hex(cp)
 
 
 def test_email_is_normalized():
