@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["allocation", "ledger_import", "intake", "verify", "payouts", "notify", "pipeline"]
+BENCHES = ["allocation", "ledger_import", "intake", "verify", "payouts", "notify", "pipeline",
+           "cli_start"]
 
 
 def machine() -> str:

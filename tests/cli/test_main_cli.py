@@ -3,12 +3,14 @@ module imported only when that command runs (CONTRACT.md "CLI"; issue 2, item 8)
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -52,30 +54,94 @@ def test_a_lazily_loaded_command_behaves_as_registered():
     assert res.exit_code == 2 and "Did you mean 'blocked'" in res.output
 
 
-def test_db_only_commands_import_only_their_module(db_url, tmp_path):
-    """Through the real entry point, in a fresh interpreter: no Prefect, web3 or API, and of
-    cli/ only the module of the command that runs."""
-    script = textwrap.dedent("""
-        import sys
-        from cli.main import main
-        for args in (["cases", "create", "kz", "--name", "KZ"],
-                     ["blocked", "list"],
-                     ["audit", "verify"]):
-            sys.argv = ["restitution", *args]
-            try:
-                main()
-            except SystemExit as e:
-                assert not e.code, (args, e.code)
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
-                       ("prefect", "web3", "eth_tester", "eth_account", "fastapi", "uvicorn",
-                        "rich", "alembic", "api", "flows"))
-        print("HEAVY", heavy)
+# The console script (pyproject.toml: restitution = "cli.main:app"), run in a fresh interpreter.
+ENTRY = "import sys; from cli.main import app; sys.argv[0] = 'restitution'; app()"
+
+
+def restitution(args: list[str], cwd: Path, prelude: str = ""):
+    return subprocess.run([sys.executable, "-c", prelude + ENTRY, *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+# Printed at exit by an atexit handler (database-only commands leave through cli.main.leave,
+# which must still run them): what the command imported.
+REPORT_MODULES = textwrap.dedent("""
+    import atexit, sys
+    HEAVY = ("prefect", "web3", "eth_tester", "eth_account", "fastapi", "uvicorn", "rich",
+             "alembic", "argon2", "cryptography", "api", "flows")
+    @atexit.register
+    def _report():
+        print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
         print("CLI", sorted(m for m in sys.modules if m.startswith("cli.")))
-    """)
-    env = {**os.environ, "RESTITUTION_DATABASE_URL": db_url}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+""")
+
+
+def test_db_only_commands_import_only_their_module(db_url, tmp_path):
+    """Through the real entry point, each in a fresh interpreter: no Prefect, web3, API,
+    Alembic (the schema is current), rich, argon2 or cryptography, and of
+    cli/ only the module of the command that runs."""
+    for args, module in ((["cases", "create", "kz", "--name", "KZ"], "cli.cases"),
+                         (["blocked", "list"], "cli.blocked"),
+                         (["ledger", "summary", "kz", "--json"], "cli.ledger"),
+                         (["users", "list", "--json"], "cli.users"),
+                         (["audit", "verify"], "cli.audit_cmd")):
+        out = restitution(args, tmp_path, REPORT_MODULES)
+        assert out.returncode == 0, (args, out.stderr)
+        lines = out.stdout.strip().splitlines()
+        assert lines[-2] == "HEAVY []", args
+        assert lines[-1] == f"CLI {sorted(['cli.common', 'cli.main', module])}", args
+
+
+def test_a_database_command_leaves_as_a_normal_exit_would(db_url, tmp_path):
+    """Database-only commands skip the interpreter's teardown: their output, exit codes and
+    writes are those of a normal exit, and atexit handlers still run."""
+    out = restitution(["cases", "create", "kz", "--name", "KZ", "--json"], tmp_path,
+                      "import atexit; atexit.register(print, 'atexit ran')\n")
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
-    assert lines[-2] == "HEAVY []"
-    assert lines[-1] == "CLI ['cli.audit_cmd', 'cli.blocked', 'cli.cases', 'cli.common', 'cli.main']"
+    assert out.stdout.splitlines()[-1] == "atexit ran"
+    assert json.loads(out.stdout.splitlines()[-2])["code"] == "kz"
+
+    # committed: another process sees the case (exit 1: a conflict), and the message is out
+    again = restitution(["cases", "create", "kz", "--name", "KZ"], tmp_path)
+    assert again.returncode == 1
+    assert "kz" in again.stderr and "exist" in again.stderr
+
+    bad = restitution(["blocked", "add", "not-an-address", "--reason", "r"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("address")
+    usage = restitution(["blocked", "add"], tmp_path)
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+    addresses = [f"0x{i:040x}" for i in range(1, 4)]
+    for a in addresses:
+        assert restitution(["blocked", "add", a, "--reason", "r"], tmp_path).returncode == 0
+    listed = restitution(["blocked", "list", "--json"], tmp_path)
+    assert listed.returncode == 0
+    assert [it["address"] for it in json.loads(listed.stdout)["items"]] == addresses
+
+
+def test_settings_read_the_environment_in_any_letter_case(monkeypatch, tmp_path):
+    """Settings through pydantic-settings: RESTITUTION_* in any letter case,
+    keyword arguments first, values validated (a bad number names its field)."""
+    import pydantic
+
+    from claims.settings import Settings
+
+    for key in ("RESTITUTION_SECRET_KEY", "RESTITUTION_PII_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RESTITUTION_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("restitution_token_ttl_seconds", "77")
+    monkeypatch.setenv("RESTITUTION_PUBLIC_URL", "https://example.org/")
+    monkeypatch.setenv("RESTITUTION_SMTP_URL", "")
+    monkeypatch.setenv("RESTITUTION_NOT_A_SETTING", "x")
+    s = Settings(maildir="m")
+    assert (s.token_ttl_seconds, s.public_url, s.smtp_url, s.maildir) == (
+        77, "https://example.org", "", "m")
+    assert Settings(public_url="https://other.org/").public_url == "https://other.org"
+    # keys not given are generated into var/ (0600) and reused
+    assert (tmp_path / "var" / "secret_key").read_text().strip() == s.secret_key
+    assert (tmp_path / "var" / "pii_key").stat().st_mode & 0o777 == 0o600
+    assert Settings().pii_key == s.pii_key
+    monkeypatch.setenv("RESTITUTION_TOKEN_TTL_SECONDS", "soon")
+    monkeypatch.delenv("restitution_token_ttl_seconds")
+    with pytest.raises(pydantic.ValidationError, match="token_ttl_seconds"):
+        Settings()
