@@ -419,8 +419,11 @@ def main() -> int:
             warm_s = warm_prefect()
             engine = get_engine()
             flowrun = Clock("flows", not args.verbose)
-            state_flow = run_rest(flowrun, engine, info["actors"], flow_mail, flows=True,
-                                  deliver=not args.no_delivery)
+            from flows.common import no_heartbeat
+
+            with no_heartbeat():  # in-process runs, as the CLI starts them
+                state_flow = run_rest(flowrun, engine, info["actors"], flow_mail, flows=True,
+                                      deliver=not args.no_delivery)
             if state_flow != state_direct:
                 print(f"WARNING: the flow run ended differently:\n direct {state_direct}\n "
                       f"flow   {state_flow}", flush=True)

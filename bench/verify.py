@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/verify.py [N] [--quick] [--batch-size B] [--repeat R] [--json]
 
+(default batch size: :data:`claims.verification.BATCH_SIZE`, 10,000)
+
 Generates one case with an N-account ledger (totals and five match keys per account, two
 entries each) and N submitted claims (default 100,000; ``--quick`` 10,000) straight into a
 fresh SQLite database with bulk inserts, copies it twice, then verifies each copy in a fresh
@@ -9,15 +11,18 @@ process:
 
 - ``direct`` — :func:`claims.verification.run_verification`: the batches, no Prefect;
 - ``flow``   — :func:`flows.verify.verify_claims` (one task run per batch step) against
-               Prefect's temporary local server. The server is started by a warm-up flow
-               *before* the clock starts (a per-command cost, measured and shown apart).
+               Prefect's temporary local server, called as ``restitution verify`` calls it
+               (inside :func:`flows.common.no_heartbeat`); the clock runs from the call to
+               its return. The server is started by a warm-up flow *before* the clock starts
+               (a per-command cost, measured and shown apart).
 
 The claims match by every rule (40 % scheme account, 15 % evidence tx hash, 15 % IIN, 10 %
 e-mail, 10 % phone, 5 % wallet, 5 % nothing) and raise most flags (5 % claim too much, 3 %
 net winners, 0.5 % insiders, 1 % share a payout address in pairs); about 85 % are approved
 by rule (audit events, decision rows, "approved" e-mails queued). Both copies must end with
 the same outcome (checked). ``--repeat R`` runs each mode R times, alternating, on fresh
-copies and keeps each mode's fastest run (on a shared machine other load only adds time). Prints a table; ``--json`` one JSON object as the last line.
+copies and keeps each mode's fastest wall time and its smallest CPU time (on a shared machine
+other load only adds time). Prints a table; ``--json`` one JSON object as the last line.
 Goal (issue 4): ≥ 5,000 claims/s and flow ≤ 1.1 × direct.
 """
 
@@ -220,6 +225,7 @@ def child(mode: str, batch_size: int) -> dict:
         from prefect import flow
 
         from claims.db import get_engine
+        from flows.common import no_heartbeat
         from flows.verify import verify_claims
 
         res["import_seconds"] = time.perf_counter() - t0
@@ -233,7 +239,8 @@ def child(mode: str, batch_size: int) -> dict:
         warm_up()  # starts Prefect's temporary server (kept for the process)
         res["server_seconds"] = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), _cpu()
-        counts = verify_claims(CODE, batch_size=batch_size)
+        with no_heartbeat():
+            counts = verify_claims(CODE, batch_size=batch_size)
         res["seconds"], res["cpu_seconds"] = time.perf_counter() - t0, _cpu() - c0
     counts.pop("ids", None)
     res["counts"] = counts
@@ -259,12 +266,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("n", nargs="?", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="10,000 claims")
-    ap.add_argument("--batch-size", type=int, default=5000)
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each mode this many times (alternating), keep each one's fastest")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.batch_size is None:
+        from claims.verification import BATCH_SIZE
+
+        args.batch_size = BATCH_SIZE
     if args.child:
         print(json.dumps(child(args.child, args.batch_size)))
         return
@@ -279,6 +290,7 @@ def main() -> None:
         # Each run on a fresh copy; with --repeat the modes alternate and each keeps its
         # fastest run (the machine's other load only ever adds time).
         res: dict[str, dict] = {}
+        best_cpu: dict[str, float] = {}
         outcomes = []
         for _ in range(max(1, args.repeat)):
             for m in ("direct", "flow"):
@@ -288,8 +300,11 @@ def main() -> None:
                 shutil.copyfile(template, db)
                 r = run_child(tmp, db, m, args.batch_size)
                 outcomes.append(r["outcome"])
+                best_cpu[m] = min(best_cpu.get(m, r["cpu_seconds"]), r["cpu_seconds"])
                 if m not in res or r["seconds"] < res[m]["seconds"]:
                     res[m] = r
+        for m, cpu in best_cpu.items():  # each clock's best, wall and CPU alike
+            res[m]["cpu_seconds"] = cpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

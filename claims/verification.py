@@ -128,6 +128,7 @@ from claims.money import MICRO, format_amount
 
 __all__ = [
     "APPROVE_RULE",
+    "BATCH_SIZE",
     "MATCH_RULES",
     "PENDING",
     "amount_differs",
@@ -151,8 +152,11 @@ MATCH_RULES = ("scheme_account", "tx_hash", "iin", "email", "phone", "wallet")
 IDENTIFIER_KINDS = ("tx_hash", "iin", "email", "phone", "wallet")
 APPROVE_RULE = "ledger_match_clean"
 DUPLICATE_FLAGS = ("duplicate_identity", "duplicate_account", "duplicate_wallet", "duplicate_email")
-# Max bound parameters per IN list (SQLite allows 32,766; PostgreSQL 65,535).
-CHUNK = 5000
+# Claims per batch step (one transaction; one Prefect task run in the flow): a batch's
+# queries and writes stay bulk, and a run of 100k claims is 10 task runs per step.
+BATCH_SIZE = 10_000
+# Max bound parameters per IN list (SQLite allows 32,766; PostgreSQL 65,535): a whole batch.
+CHUNK = BATCH_SIZE
 # How many other claims a duplicate flag's message names.
 NAMED = 5
 # From this many values on, an IN list goes to SQLite as one JSON parameter (see _in).
@@ -968,7 +972,7 @@ DecideFn = Callable[[int, list[int]], dict]  # (case_id, ids) → counts
 def run_verification(
     case_code: str,
     *,
-    batch_size: int = 5000,
+    batch_size: int = BATCH_SIZE,
     engine=None,
     match: MatchFn | None = None,
     decide: DecideFn | None = None,

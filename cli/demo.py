@@ -226,9 +226,11 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
 
         # ---- verification
         warm.join()
+        from flows.common import no_heartbeat
         from flows.verify import verify_claims
 
-        counts = verify_claims(code)
+        with no_heartbeat():
+            counts = verify_claims(code)
         t = stage(f"verification flow: {_short(counts)}", t)
 
         # ---- caseworker decisions
@@ -307,9 +309,11 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         (out / (f"plan-{code}.csv" if not fresh else "plan.csv")).write_text(plan)
 
     # ---- notifications
+    from flows.common import no_heartbeat
     from flows.notify import deliver_notifications
 
-    delivered = deliver_notifications()
+    with no_heartbeat():
+        delivered = deliver_notifications()
     t = stage(f"notifications delivered: {delivered['sent']} "
               f"({'SMTP' if settings.smtp_url else 'Maildir ' + settings.maildir})", t)
 

@@ -16,9 +16,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Deliver pending notifications once (SMTP from RESTITUTION_SMTP_URL, else the Maildir)."""
         if use_flow:
+            from flows.common import no_heartbeat
             from flows.notify import deliver_notifications
 
-            counts = deliver_notifications(batch_size=batch_size)
+            with no_heartbeat():
+                counts = deliver_notifications(batch_size=batch_size)
         else:
             from notifications.delivery import deliver_pending
 

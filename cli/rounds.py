@@ -94,7 +94,12 @@ def prepare(
             from flows import configure_prefect
 
             configure_prefect()
-            from flows.rounds import prepare_round_flow as run
+            from flows.common import no_heartbeat
+            from flows.rounds import prepare_round_flow
+
+            def run(*args, **kw):
+                with no_heartbeat():
+                    return prepare_round_flow(*args, **kw)
         round_id = run(code, pool_micro, method, min_micro, **kwargs)
         with session_scope(write=False) as s:
             v = rounds.get_round_view(s, round_id)

@@ -3,7 +3,8 @@
 Runs the Prefect flow ``verify-claims`` (flows/verify.py) and returns when none of the case's
 claims is ``submitted`` or ``verifying``. Without ``PREFECT_API_URL`` Prefect starts a
 temporary local server for the run (≈ 10–20 s, once per command); ``--direct`` runs the same
-batches without Prefect. When nothing is pending, no flow is started.
+batches without Prefect. When nothing is pending, no flow is started. The run sends no
+heartbeats (:func:`flows.common.no_heartbeat`: this command is watching it).
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify(
         code: str = typer.Argument(..., help="The case CODE."),
-        batch_size: int = typer.Option(5000, "--batch-size", min=1, max=50_000,
-                                       help="Claims per batch (one Prefect task run each)."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", min=1, max=50_000, show_default=False,
+            help="Claims per batch (one Prefect task run each); default 10,000.",
+        ),
         direct: bool = typer.Option(False, "--direct", help="Run the batches without Prefect."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Verify the case's pending claims (flow verify-claims); wait until none is pending."""
         from claims.cases import get_case_by_code
         from claims.db import session_scope
-        from claims.verification import empty_counts, pending_claim_ids
+        from claims.verification import BATCH_SIZE, empty_counts, pending_claim_ids
 
+        batch_size = batch_size or BATCH_SIZE
         with domain_errors():
             with session_scope(write=False) as s:
                 case_id = get_case_by_code(s, code).id
@@ -49,9 +53,11 @@ def register(app: typer.Typer) -> None:
                 from flows import configure_prefect
 
                 configure_prefect()
+                from flows.common import no_heartbeat
                 from flows.verify import verify_claims
 
-                counts = verify_claims(code, batch_size=batch_size)
+                with no_heartbeat():
+                    counts = verify_claims(code, batch_size=batch_size)
         with session_scope(write=False) as s:
             left = len(pending_claim_ids(s, case_id))
         counts.pop("ids", None)

@@ -1,4 +1,5 @@
-"""What the flows share: batching by id ranges, and the artifacts a person watches.
+"""What the flows share: batching by id ranges, the artifacts a person watches, and how a
+flow is run inside the calling process.
 
 A Prefect task run costs ≈ 10–15 ms and the ephemeral server tires after a few thousand of
 them (PREFECT-NOTES.md): flows cut their work into batches of 1k–10k ids, pass ``(first,
@@ -11,13 +12,33 @@ from flows import configure_prefect
 
 configure_prefect()
 
-from collections.abc import Mapping  # noqa: E402
+from collections.abc import Iterator, Mapping  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 from uuid import UUID  # noqa: E402
 
 from claims.verification import id_ranges  # noqa: E402,F401  (re-exported for every flow)
 
-__all__ = ["Progress", "counts_rows", "id_ranges"]
+__all__ = ["Progress", "counts_rows", "id_ranges", "no_heartbeat"]
+
+
+@contextmanager
+def no_heartbeat() -> Iterator[None]:
+    """Flow runs started inside this block (called from this process: the CLI, the bench)
+    send no heartbeats.
+
+    Heartbeats let an automation on the server mark a *deployment's* run ``Crashed`` when its
+    worker dies (Prefect's "detect zombie flows"); a run called in-process has its caller
+    watching and this project sets up no such automation. With heartbeats on (Prefect's
+    default, every 180 s), every flow run ends by joining the heartbeat thread, which sleeps
+    in 1 s steps: 0–1 s of waiting per run, ≈ 1.1 s for a run of 0.1 s. The environment
+    cannot turn them off (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` must be an integer ≥ 30);
+    Prefect's settings context can. Runs of deployments (``restitution worker``) keep them.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 class Progress:

@@ -40,10 +40,12 @@ def _prepare_through_flow(case_code: str, pool: int, method: str, min_payout: in
     from flows import configure_prefect
 
     configure_prefect()
+    from flows.common import no_heartbeat
     from flows.rounds import prepare_round_flow
 
-    return prepare_round_flow(case_code, pool, method, min_payout, actor_name=actor_name,
-                              actor_role=actor_role, actor_staff_id=actor_staff_id)
+    with no_heartbeat():  # the request waits for it
+        return prepare_round_flow(case_code, pool, method, min_payout, actor_name=actor_name,
+                                  actor_role=actor_role, actor_staff_id=actor_staff_id)
 
 
 #: What prepares a round: the Prefect flow (tests may use flows.rounds.prepare_round_direct).

@@ -136,3 +136,15 @@ def test_progress_updates_are_throttled_but_the_last_step_always_shows(monkeypat
     on_progress(3, 10, {})  # 2.5 s after the last shown: shown
     on_progress(10, 10, {})  # the last step: always shown
     assert seen == [(1, 10), (3, 10), (10, 10)]
+
+
+def test_no_heartbeat_turns_heartbeats_off_only_inside_the_block():
+    from prefect.settings import get_current_settings
+
+    from flows.common import no_heartbeat
+
+    before = get_current_settings().flows.heartbeat_frequency
+    assert before is not None  # Prefect's default: on
+    with no_heartbeat():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
