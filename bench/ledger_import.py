@@ -252,10 +252,12 @@ def main() -> None:
               f"({r['cpu_seconds'] - r['read_cpu_seconds']:.2f} CPU s)")
     grown_full = full["peak_rss_mb"] - full["rss_before_mb"]
     grown_quarter = quarter["peak_rss_mb"] - quarter["rss_before_mb"]
-    # What the import may hold whatever the file size: a 64 MiB SQLite page cache (SQLite's
-    # sorters may use as much again before they spill to disk), 5 x 8,192 cached values, one
-    # row at a time, 1 MiB read buffers.
-    cap = 180
+    # What the import may hold whatever the file size: the connection's SQLite page cache
+    # (claims.db.SQLITE_CACHE_KIB; SQLite's sorters may use as much again before they spill to
+    # disk), 5 x 8,192 cached values, one row at a time, 1 MiB read buffers.
+    from claims.db import SQLITE_CACHE_KIB
+
+    cap = 2 * SQLITE_CACHE_KIB // 1024 + 50
     if mem_growth <= max(16.0, 0.25 * grown_full):
         verdict = "flat"
     elif grown_full <= cap:
