@@ -326,6 +326,15 @@ class StaffUser(_Table, table=True):
     password_changed_at: dt.datetime = _ts(nullable=False)
 
 
+class RevokedToken(_Table, table=True):
+    """A staff token ended before its expiry (console sign-out): refused by every server
+    process until it would have expired anyway (then the row may go)."""
+
+    __tablename__ = "revoked_token"
+    jti: str = Field(sa_column=Column(String(64), primary_key=True))
+    expires_at: dt.datetime = _ts(nullable=False, index=True)
+
+
 # ------------------------------------------------------------------ rounds
 
 

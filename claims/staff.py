@@ -49,7 +49,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlmodel import Session
 
 from claims import audit
@@ -63,7 +63,7 @@ from claims.crypto import (
     verify_password,
 )
 from claims.errors import AuthFailed, Conflict, InvalidInput, NotFound, TooManyAttempts
-from claims.models import Role, StaffUser, utcnow
+from claims.models import RevokedToken, Role, StaffUser, utcnow
 from claims.settings import get_settings
 
 log = logging.getLogger("restitution.security")
@@ -535,10 +535,33 @@ def decode_token(token: str) -> dict[str, Any]:
         raise AuthFailed("invalid token") from None
 
 
+def revoke_token(session: Session, token: str) -> bool:
+    """End a valid token before its expiry (console sign-out): :func:`staff_for_token` refuses
+    it from now on, in every process that shares the database. Rows of tokens that have
+    expired anyway are dropped on the way. Returns whether ``token`` was valid (an invalid
+    or expired one needs no revoking)."""
+    try:
+        claims = decode_token(token)
+    except AuthFailed:
+        return False
+    now = utcnow()
+    session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
+    jti = str(claims["jti"])
+    if session.get(RevokedToken, jti) is None:
+        session.add(RevokedToken(
+            jti=jti, expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)))
+        session.flush()
+    return True
+
+
 def staff_for_token(session: Session, token: str) -> StaffUser:
     """The staff member a bearer token stands for, checked against the account now:
-    refused when the account is gone or disabled or the password changed since."""
+    refused when the token was revoked (signed out), the account is gone or disabled, or the
+    password changed since."""
     claims = decode_token(token)
+    if session.get(RevokedToken, str(claims["jti"])) is not None:
+        log.warning("token refused: reason=signed_out")
+        raise AuthFailed("signed out; sign in again")
     try:
         user_id = int(claims["sub"])
     except (TypeError, ValueError):

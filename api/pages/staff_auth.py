@@ -15,8 +15,8 @@
   session's ``jti`` (bound to that session: a token of another session or none is refused with
   a 403 page and nothing changes). The sign-in form itself uses a signed double-submit cookie
   (:data:`LOGIN_CSRF_COOKIE`), against login CSRF.
-- Sign-out deletes the cookie and remembers the token's ``jti`` as revoked in this process
-  until it would have expired anyway (a copied cookie then stops working here too).
+- Sign-out deletes the cookie and revokes the token in the database
+  (:func:`claims.staff.revoke_token`): a copied cookie stops working in every server process.
 - The round report page (``/staff/rounds/{id}/report``, :mod:`api.pages.reports`) and the plan
   CSV authenticate with the bearer header; :class:`CookieBearer` (an ASGI middleware) lends the
   session's token as ``Authorization: Bearer`` to those two GET paths only, so the console can
@@ -30,8 +30,6 @@ import hmac
 import logging
 import re
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -117,28 +115,6 @@ def check_csrf(staff: ConsoleStaff, form_value: object) -> None:
                                staff)
 
 
-# ------------------------------------------------------------------ revocation (sign-out)
-
-
-class _Revoked:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._until: dict[str, float] = {}
-
-    def add(self, jti: str, exp: float) -> None:
-        with self._lock:
-            now = time.time()
-            self._until = {k: v for k, v in self._until.items() if v > now}
-            self._until[jti] = exp
-
-    def __contains__(self, jti: str) -> bool:
-        with self._lock:
-            return self._until.get(jti, 0) > time.time()
-
-
-revoked = _Revoked()
-
-
 # ------------------------------------------------------------------ cookies
 
 
@@ -157,17 +133,15 @@ def clear_session_cookie(response, request: Request) -> None:
 
 
 def sign_out(request: Request) -> None:
-    """Revoke the request's session token in this process (the caller clears the cookie)."""
-    from claims.staff import decode_token
+    """Revoke the request's session token for every server process (the caller clears the
+    cookie): :func:`claims.staff.revoke_token`."""
+    from claims.db import session_scope
+    from claims.staff import revoke_token
 
     token = request.cookies.get(COOKIE)
-    if not token:
-        return
-    try:
-        claims = decode_token(token)
-    except AuthFailed:
-        return
-    revoked.add(str(claims["jti"]), float(claims["exp"]))
+    if token:
+        with session_scope() as s:
+            revoke_token(s, token)
 
 
 # ------------------------------------------------------------------ the dependency
@@ -189,10 +163,6 @@ def session_staff(request: Request, session) -> ConsoleStaff:
         raise SignInRequired(_next_path(request))
     try:
         claims = decode_token(token)
-        if str(claims.get("jti")) in revoked:
-            log.warning("console refused: reason=signed_out on %s %s", request.method,
-                        request.url.path)
-            raise AuthFailed("signed out")
         user = staff_for_token(session, token)
     except AuthFailed as exc:
         raise SignInRequired(_next_path(request), str(exc)) from None

@@ -181,6 +181,30 @@ def test_sign_out_ends_the_session_and_its_cookie(client, make_staff):
     assert client.get("/staff/queue", follow_redirects=False).status_code == 303
 
 
+def test_sign_out_is_seen_by_every_server_process(client, make_staff, db_url):
+    """The revocation lives in the database: another server process (a second app with its
+    own memory) refuses the signed-out session, and so does the API's bearer check; the
+    member signs in again normally."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from claims.models import RevokedToken
+
+    cw = make_staff("caseworker")
+    signed_in(client, cw)
+    copied = client.cookies.get("restitution_staff")
+    post_form(client, "/staff/queue", "/staff/sign-out")
+    with session_scope() as s:
+        assert s.query(RevokedToken).count() == 1
+    with TestClient(create_app()) as other:
+        other.cookies.set("restitution_staff", copied)
+        assert other.get("/staff/queue", follow_redirects=False).status_code == 303
+        r = other.get("/api/v1/review/claims", headers={"Authorization": f"Bearer {copied}"})
+        assert r.status_code == 401
+        signed_in(other, cw)
+        assert other.get("/staff/queue").status_code == 200
+
+
 def test_sign_out_needs_csrf(client, make_staff):
     signed_in(client, make_staff("caseworker"))
     r = client.post("/staff/sign-out", data={}, follow_redirects=False)
