@@ -32,7 +32,7 @@ translations: setup
 	$(BIN)/pybabel -q update -D pages -i templates/locale/pages.pot -d templates/locale --no-wrap --ignore-obsolete
 	$(BIN)/pybabel compile -D pages -d templates/locale --statistics
 
-# Pre-release: one initial migration regenerated from claims/models.py.
+# Pre-release only: fold every migration into one initial migration regenerated from claims/models.py.
 migration: setup
 	$(BIN)/python migrations/regenerate.py
 

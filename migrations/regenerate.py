@@ -1,4 +1,5 @@
-"""Regenerate the initial migration from the models (pre-release: one migration).
+"""Fold every migration into one initial migration regenerated from the models (pre-release
+only: a database made before must then be recreated).
 
     .venv/bin/python migrations/regenerate.py
 
