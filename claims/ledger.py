@@ -58,7 +58,8 @@ Totals (``ledger_account``): ``deposits``; ``withdrawals`` = withdrawals + bonus
 nothing.
 
 How it is fast with flat memory: the file is streamed through :mod:`csv` once; a generator
-validates each row (the usual spellings inline, anything else through the rules above) and
+validates each row (cached values, then the rules above with a fast path for the usual
+spellings) and
 feeds the bulk writer of a TEMP staging table directly (``executemany`` on SQLite, ``COPY`` on
 PostgreSQL), inside the one transaction of the import. What stays in memory is bounded whatever
 the file size: one row, small caches of repeated values (amounts, wallets, e-mails, phones, IIN
@@ -252,8 +253,8 @@ class _Rules:
     repeat across rows. The caches die with the import: personal data never outlives it.
 
     Every ``check_*`` takes the raw cell and returns the clean value or raises
-    ``ValueError("field: reason")``; the import's hot loop inlines the common cases and falls
-    back to these."""
+    ``ValueError("field: reason")``; the usual spellings take a fast path, and the values
+    that repeat (amounts, wallets, e-mails, phones, IINs) are cached by the import's loop."""
 
     def __init__(self, pii_key: str) -> None:
         from claims import validators as v
@@ -349,6 +350,9 @@ class _Rules:
         return when.isoformat(" ", "microseconds")
 
     def check_tx_hash(self, s: str) -> str | None:
+        body = s[2:] if s[:2] == "0x" else s
+        if _HEX64.fullmatch(body):  # the usual spelling: 64 hex digits, maybe after 0x
+            return body.lower()
         if not s.strip():
             return None
         key = tx_hash_key(s)
@@ -614,9 +618,8 @@ def _read_into_stage(
 ) -> tuple[int, list[str]]:
     """Stream, validate and stage every row; returns (rows, bad lines).
 
-    One pass, one generator feeding the bulk writer directly (no per-chunk lists): the usual
-    spellings are checked inline, anything else goes through ``rules.check_*`` (which also
-    fill the caches); any ``ValueError`` → :func:`_diagnose` names every problem of the line.
+    One pass, one generator feeding the bulk writer directly (no per-chunk lists): each cell is
+    looked up in the caches, else checked by ``rules.check_*`` (which fill them); any ``ValueError`` → :func:`_diagnose` names every problem of the line.
     After the first bad line rows are no longer staged, only checked (to name every bad line).
     """
     errors: list[str] = []
@@ -644,11 +647,7 @@ def _read_into_stage(
         check_wallet = rules.check_wallet
         check_email, check_phone, check_iin = rules.check_email, rules.check_phone, rules.check_iin
         check_insider = rules.check_insider
-        future_text = rules.future_text
-        fromiso = _fromisoformat
         control = _CONTROL.search
-        hex64 = _HEX64.fullmatch
-        amount_re = _AMOUNT_FAST.fullmatch
         entry_map = _ENTRY_MAP
         insider_map = _INSIDER
         sha256 = hashlib.sha256
@@ -689,32 +688,9 @@ def _read_into_stage(
                     cell = row[i_type]
                     etype = entry_map.get(cell) or check_entry_type(cell)
                     cell = row[i_amt]
-                    amount = amounts.get(cell)
-                    if amount is None:
-                        if (m := amount_re(cell)) is not None:
-                            whole, frac = m.groups()
-                            amount = int(whole) * 1_000_000 + (
-                                int(frac.ljust(6, "0")) if frac else 0)
-                            if not amount:
-                                raise ValueError
-                        else:
-                            amount = check_amount(cell)
-                    cell = row[i_when]
-                    # "YYYY-MM-DDTHH:MM:SSZ" (or a space for T), the usual export form.
-                    if (len(cell) == 20 and cell[19] == "Z" and cell[10] in "T "
-                            and cell[4] == "-" and cell[7] == "-" and cell[13] == ":"
-                            and cell[16] == ":"):
-                        when = f"{cell[:10]} {cell[11:19]}.000000"
-                        fromiso(when)  # a real date and time (ValueError → diagnosed)
-                        if when > future_text:
-                            raise ValueError
-                    else:
-                        when = check_when(cell)
-                    if i_tx is not None and (cell := row[i_tx]):
-                        body = cell[2:] if cell[:2] == "0x" else cell
-                        tx = body.lower() if hex64(body) else check_tx(cell)
-                    else:
-                        tx = None
+                    amount = amounts.get(cell) or check_amount(cell)
+                    when = check_when(row[i_when])
+                    tx = check_tx(cell) if i_tx is not None and (cell := row[i_tx]) else None
                     if i_wallet is not None:
                         w = (wallets.get(cell) or check_wallet(cell)) if (
                             cell := row[i_wallet]) else None
@@ -760,11 +736,6 @@ def _read_into_stage(
     if progress:
         progress("reading", n, raw.bytes)
     return n, errors
-
-
-# CONTRACT's amount form with at most 12 whole digits (so never above money.MAX_MICRO): the
-# value is then int(whole) * 10**6 + the decimals padded to 6 digits (claims.money's rule).
-_AMOUNT_FAST = re.compile(r"(0|[1-9][0-9]{0,11})(?:\.([0-9]{1,6}))?")
 
 
 def _read_error(exc: Exception) -> str:
