@@ -59,9 +59,8 @@ nothing.
 
 How it is fast with flat memory: the file is streamed through :mod:`csv` once; a generator
 validates each row (cached values, then the rules above with a fast path for the usual
-spellings) and
-feeds the bulk writer of a TEMP staging table directly (``executemany`` on SQLite, ``COPY`` on
-PostgreSQL), inside the one transaction of the import. What stays in memory is bounded whatever
+spellings) and feeds the bulk writer of a TEMP staging table directly (``executemany`` on
+SQLite, ``COPY`` on PostgreSQL), inside the one transaction of the import. What stays in memory is bounded whatever
 the file size: one row, small caches of repeated values (amounts, wallets, e-mails, phones, IIN
 hashes; 8,192 each) and, on SQLite, the connection's fixed page cache (``claims.db``). Then
 set-based SQL: entries are written with ``INSERT … SELECT … ON CONFLICT (case_id, row_key) DO
