@@ -244,6 +244,21 @@ def bind_processor(session: Session, column) -> Callable[[Any], Any] | None:
     return column.type.dialect_impl(dialect).bind_processor(dialect)
 
 
+def bind_repeats(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``proc`` for a column's values in a batch, processing a value that repeats (the same
+    object: the batch's one ``now``) once."""
+    last: Any = bind_repeats
+    out: Any = None
+
+    def bind(value: Any) -> Any:
+        nonlocal last, out
+        if value is not last:
+            last, out = value, proc(value)
+        return out
+
+    return bind
+
+
 def driver_sql(session: Session, sql: str) -> str:
     """``sql`` written with ``?`` markers, in the session's driver's parameter style."""
     if session.get_bind().dialect.paramstyle == "qmark":

@@ -497,24 +497,12 @@ def _insert_claims(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     columns: list[list[Any]] = [ids]
     for name, proc in zip(names, _bind_processors(session, names)):
         values = [row[name] for row in rows]
-        columns.append(values if proc is None else _bind_all(proc, values))
+        columns.append(values if proc is None else list(map(audit.bind_repeats(proc), values)))
     try:
         audit.bulk_insert(session, table, ("id", *names), list(zip(*columns)))
     except dialect.loaded_dbapi.IntegrityError as exc:  # COPY's error, unwrapped: as SQLAlchemy's
         raise IntegrityError("INSERT INTO claim", None, exc) from exc
     return ids
-
-
-def _bind_all(proc, values: list[Any]) -> list[Any]:
-    """``proc`` applied to each value; the same object repeated (the batch's times are one
-    ``now``) is bound once."""
-    out: list[Any] = []
-    last = bound = _UNSET
-    for v in values:
-        if v is not last:
-            last, bound = v, proc(v)
-        out.append(bound)
-    return out
 
 
 def _insert_claims_returning(session: Session, rows: list[dict[str, Any]]) -> list[int]:
@@ -528,7 +516,6 @@ def _insert_claims_returning(session: Session, rows: list[dict[str, Any]]) -> li
     return ids
 
 
-_UNSET = object()
 _claim_sequences: dict[str, str] = {}
 _processors: dict[tuple[str, tuple[str, ...]], list] = {}
 

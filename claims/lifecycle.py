@@ -29,6 +29,7 @@ from claims import audit, outbox
 from claims.audit import (
     Actor,
     bind_processor,
+    bind_repeats,
     bind_value,
     canonical_text,
     driver_sql,
@@ -184,7 +185,7 @@ def apply_transition(
         check(src, to)
     now = now or utcnow()
     table = Claim.__table__
-    procs = [_memo(p) if p is not None else None
+    procs = [bind_repeats(p) if p is not None else None
              for p in (bind_processor(session, table.c[k]) for k in columns)]
     sets = "".join(f", {k} = ?" for k in columns)
     sql = (f"UPDATE {table.name} SET status = ?, version = version + 1, updated_at = ?{sets} "
@@ -209,23 +210,6 @@ def apply_transition(
         for case_id in sorted({c.case_id for c, *_ in items}):
             mark_rounds_stale(session, case_id, actor=actor, because=f"{len(items)} claims")
     return changed
-
-
-def _memo(proc):
-    """``proc`` remembering its results by value (a batch sets the same time on every claim;
-    unhashable values are processed each time)."""
-    done: dict = {}
-
-    def process(value):
-        try:
-            return done[value]
-        except KeyError:
-            out = done[value] = proc(value)
-            return out
-        except TypeError:
-            return proc(value)
-
-    return process
 
 
 def touch(session: Session, claim: Claim, *, actor: Actor, action: str, values: dict,
