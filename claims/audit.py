@@ -76,7 +76,7 @@ def jsonable(value: Any) -> Any:
 # what is hashed is exactly what is stored (any JSON reader gets the same values back).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 canonical_text = _CANONICAL.encode
-_json_str = json.encoder.encode_basestring  # a str as JSON, as ``canonical_text`` writes it
+json_str = json.encoder.encode_basestring  # a str as JSON, as ``canonical_text`` writes it
 
 
 def canonical(event: dict) -> bytes:
@@ -189,7 +189,7 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
     head = _lock_head(session)
     mac_key = _mac_key(get_settings().secret_key)
     now = utcnow()
-    at = _json_str(now.astimezone(dt.UTC).isoformat())
+    at = json_str(now.astimezone(dt.UTC).isoformat())
     at_db = bind_value(session, AuditEvent.__table__.c.occurred_at, now)
     prev = head.last_hash
     first = next_id = head.last_id + 1
@@ -202,12 +202,12 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
         p = parts.get((actor, role, action, subject_type))
         if p is None:
             p = parts[(actor, role, action, subject_type)] = (
-                f'{{"action":{_json_str(action)},"actor":{_json_str(actor)},"after":',
-                f',"occurred_at":{at},"role":{_json_str(role)},"subject_id":',
-                f',"subject_type":{_json_str(subject_type)}}}',
+                f'{{"action":{json_str(action)},"actor":{json_str(actor)},"after":',
+                f',"occurred_at":{at},"role":{json_str(role)},"subject_id":',
+                f',"subject_type":{json_str(subject_type)}}}',
             )
         body = (f'{p[0]}{after},"before":{before},"id":{next_id}{p[1]}'
-                f'{_json_str(subject_id)}{p[2]}')
+                f'{json_str(subject_id)}{p[2]}')
         h = digest(mac_key, (prev + body).encode(), "sha256").hex()
         out.append((next_id, at_db, actor, role, action, subject_type, subject_id, before, after,
                     prev, h))

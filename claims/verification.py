@@ -113,6 +113,7 @@ from sqlmodel import Session
 
 from claims import audit, lifecycle, outbox
 from claims.audit import Actor, canonical_text
+from claims.audit import json_str as _json_str
 from claims.models import (
     BlockedAddress,
     Claim,
@@ -767,12 +768,9 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
              c.recognized_loss, "[]", now_db)
             for c in clean
         ])
-        # outbox.context_text(reference, {"recognized_loss": …}), written directly.
         outbox.enqueue_texts(session, [
-            (c, "approved",
-             f'{{"reference": {_json_ascii(c.reference)}, "recognized_loss": '
-             f'{_json_ascii(format_amount(c.recognized_loss or 0))}}}',
-             None)
+            (c, "approved", outbox.context_text(
+                c.reference, {"recognized_loss": format_amount(c.recognized_loss or 0)}), None)
             for c in clean
         ])
     if flagged:
@@ -805,8 +803,6 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
     return counts
 
 
-_json_str = json.encoder.encode_basestring  # a str as canonical_text writes it
-_json_ascii = json.encoder.encode_basestring_ascii  # a str as json.dumps writes it
 
 
 def _j(value: str | int | None) -> str:
