@@ -85,13 +85,17 @@ a stale match. A run repeats rounds until no claim of the case is pending.
 Cost: a handful of queries per batch (``IN`` lists of the batch's keys; on SQLite a long list
 is one JSON parameter), claims read as plain rows (only the columns each step uses, no model
 objects), and the writes in one bulk statement per table: the state changes through
-:func:`claims.lifecycle.apply_transition` (one ``executemany``), their audit events with the
-canonical JSON written directly from the values (:func:`claims.audit.record_texts`; the same
-bytes, and so the same chain, as the generic path), decisions, flags and notifications through
-:func:`claims.audit.bulk_insert`. Cluster lookups go by the key's index, never by the case's
-(:func:`_case_is`). No cyclic garbage collection during a batch. ``bench/verify.py``
-measures it; ``tests/claims/test_verification_equivalence.py`` proves the bulk path writes
-what the generic one (model objects, ``transition_many``) writes.
+:func:`_apply_transition` (:func:`claims.lifecycle.apply_transition`'s rows, events and errors;
+on SQLite one ``UPDATE`` for the batch, not one per claim — see there), their audit events with
+the canonical JSON written directly from the values (:func:`claims.audit.record_texts`; the
+same bytes, and so the same chain, as the generic path), decisions, flags and notifications
+through :func:`claims.audit.bulk_insert`. The ledger identifiers are looked up only for the
+claims whose scheme account id matches nothing (the first rule decides the others). Cluster
+lookups go by the key's index, never by the case's (:func:`_case_is`). No cyclic garbage
+collection during a batch. ``bench/verify.py`` measures it;
+``tests/claims/test_verification_equivalence.py`` proves the bulk path writes what the generic
+one (model objects, ``transition_many``) writes, ``test_verification_bulk_sql.py`` the SQLite
+statements against the lifecycle's.
 
 Rerunning changes nothing already decided: only ``submitted`` and ``verifying`` claims are
 processed. On PostgreSQL the batch's claims are locked (``FOR UPDATE``, id order) and re-checked,
@@ -108,7 +112,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import String, bindparam, func, literal_column, select, update
+from sqlalchemy import String, bindparam, func, literal_column, select, type_coerce, update
 from sqlmodel import Session
 
 from claims import audit, lifecycle, outbox
@@ -263,6 +267,88 @@ def _insert(session: Session, model, rows: list[dict]) -> None:
         session.connection().execute(model.__table__.insert(), rows)
 
 
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _sqlite_update_from() -> bool:
+    """``UPDATE … FROM`` is SQLite 3.33+."""
+    import sqlite3
+
+    return sqlite3.sqlite_version_info >= (3, 33, 0)
+
+
+def _apply_transition(
+    session: Session, to: str, *, actor: Actor, action: str, columns: Sequence[str],
+    items: Sequence[tuple],
+) -> int:
+    """:func:`claims.lifecycle.apply_transition` (same rows, audit events, stale rounds and
+    errors), on SQLite as *one* ``UPDATE … FROM json_each(?)`` per source status instead of
+    one ``UPDATE`` per claim.
+
+    Why: with foreign keys on, an ``UPDATE`` of a foreign-key column (the match step's
+    ``ledger_account_pk``) runs in a statement savepoint that first copies every page it
+    changes into the statement journal — per claim, as one statement each, the same 3–5 pages
+    copied again, and once the journal has spilled to a temporary file (``/var/tmp``),
+    written: 50–200 MB per 10k-claim batch, ~0.1 ms of CPU per claim. One statement for the
+    batch copies each page once. The decision's transitions set the same values on every
+    claim: one ``UPDATE … WHERE id IN (json_each)``, ``OR ROLLBACK`` so that it needs no
+    statement journal at all (its NOT NULL columns get a literal, ``version + 1`` and a bound
+    time; any error rolls back the caller's transaction anyway). PostgreSQL takes the
+    lifecycle's ``executemany``."""
+    if not items or not _is_sqlite(session) or not _sqlite_update_from():
+        return lifecycle.apply_transition(session, to, actor=actor, action=action,
+                                          columns=columns, items=items)
+    to = ClaimStatus(to).value
+    by_src: dict[str, list[tuple]] = defaultdict(list)
+    for item in items:
+        by_src[item[0].status].append(item)
+    for src in by_src:
+        lifecycle.check(src, to)
+    now = utcnow()
+    table = Claim.__table__
+    procs = [audit.bind_processor(session, table.c[k]) for k in columns]
+    procs = [audit.bind_repeats(p) if p is not None else None for p in procs]
+    cols = "".join(f", json_extract(value, '$[{i + 1}]') AS v{i}" for i in range(len(columns)))
+    sets = "".join(f", {k} = u.v{i}" for i, k in enumerate(columns))
+    sql = (f"UPDATE OR ROLLBACK {table.name} SET status = ?, version = version + 1, "
+           f"updated_at = ?{sets} "
+           f"FROM (SELECT json_extract(value, '$[0]') AS k{cols} FROM json_each(?)) AS u "
+           f"WHERE {table.name}.id = u.k AND {table.name}.status = ?")
+    now_db = audit.bind_value(session, table.c.updated_at, now)
+    conn = session.connection()
+    changed = 0
+    for src, group in by_src.items():
+        first = group[0][1]
+        if all(vals == first for _c, vals, _b, _a in group):
+            # The same values for every claim (a decision's times): bound once, the ids as
+            # one JSON list.
+            same = "".join(f", {k} = ?" for k in columns)
+            res = conn.exec_driver_sql(
+                f"UPDATE OR ROLLBACK {table.name} SET status = ?, version = version + 1, "
+                f"updated_at = ?{same} WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND status = ?",
+                (to, now_db, *[p(v) if p else v for p, v in zip(procs, first)],
+                 json.dumps([c.id for c, *_ in group]), src))
+        else:
+            rows = [[c.id, *[p(v) if p else v for p, v in zip(procs, vals)]]
+                    for c, vals, _b, _a in group]
+            res = conn.exec_driver_sql(
+                sql, (to, now_db, json.dumps(rows, separators=(",", ":")), src))
+        changed += res.rowcount
+    if changed != len(items):
+        raise lifecycle.IllegalTransition(
+            f"{len(items) - changed} claim(s) changed meanwhile; batch refused"
+        )
+    audit.record_texts(session, actor, action, "claim",
+                       [(c.reference, b, a) for c, _v, b, a in items])
+    if to in lifecycle.PAYABLE or set(by_src) & lifecycle.PAYABLE:
+        for case_id in sorted({c.case_id for c, *_ in items}):
+            lifecycle.mark_rounds_stale(session, case_id, actor=actor,
+                                        because=f"{len(items)} claims")
+    return changed
+
+
 # ------------------------------------------------------------------ selection
 
 
@@ -287,10 +373,13 @@ def _columns(*names: str) -> tuple:
 
 
 # What each step reads of a claim (and the lifecycle: id, reference, status, case_id).
-_MATCH_READ = _columns(
-    "id", "case_id", "reference", "status", "scheme_account", "evidence_tx_hashes", "iin_hash",
-    "email_key", "phone", "payout_address_key", "ledger_account_pk", "match_rule", "invested",
-    "withdrawn", "recognized_loss",
+# evidence_tx_hashes is read as text (JSON) and decoded only for the claims whose scheme
+# account matches nothing (_claim_keys); on PostgreSQL the driver decodes it anyway.
+_MATCH_READ = (
+    *_columns("id", "case_id", "reference", "status", "scheme_account"),
+    type_coerce(Claim.__table__.c.evidence_tx_hashes, String).label("evidence_tx_hashes"),
+    *_columns("iin_hash", "email_key", "phone", "payout_address_key", "ledger_account_pk",
+              "match_rule", "invested", "withdrawn", "recognized_loss"),
 )
 _DECIDE_READ = _columns(
     "id", "case_id", "reference", "status", "language", "email", "email_key", "name_key",
@@ -341,6 +430,8 @@ class Match:
 def _claim_keys(c: Claim) -> dict[str, list[str]]:
     """The claim's match keys per identifier kind (same normalization as the ledger's)."""
     hashes = c.evidence_tx_hashes
+    if hashes.__class__ is str:  # read as text (_MATCH_READ): decoded only here
+        hashes = json.loads(hashes)
     keys: dict[str, list[str]] = {
         "tx_hash": sorted({tx_key(h) for h in hashes if h and h.strip()}) if hashes else [],
         "iin": [c.iin_hash] if c.iin_hash else [],
@@ -363,19 +454,33 @@ def find_matches(session: Session, claims: Sequence[Claim]) -> dict[int, Match]:
 
 
 def _find_matches_in_case(session: Session, case_id: int, claims: Sequence[Claim]) -> dict[int, Match]:
+    conn = session.connection()  # Core: plain tuples, no ORM result processing
     # Scheme account ids → account pks.
     scheme = sorted({c.scheme_account.strip() for c in claims if c.scheme_account and c.scheme_account.strip()})
     by_account_id: dict[str, int] = {}
     for chunk in _chunks(scheme):
-        for pk, account_id in session.execute(
+        for pk, account_id in conn.execute(
             select(LedgerAccount.id, LedgerAccount.account_id).where(
                 LedgerAccount.case_id == case_id, _in(session, LedgerAccount.account_id, chunk)
             )
-        ):
+        ).all():
             by_account_id[account_id] = pk
 
+    # The first rule, ``scheme_account``, finds one account at most (account ids are unique in
+    # a case), so a claim it matches is decided by it whatever its other identifiers find: the
+    # identifiers are looked up only for the claims it leaves (most claims carry their scheme
+    # account id).
+    chosen: dict[int, tuple[int, str]] = {}
+    rest: list[Claim] = []
+    for c in claims:
+        pk = by_account_id.get((c.scheme_account or "").strip())
+        if pk is not None:
+            chosen[c.id] = (pk, "scheme_account")
+        else:
+            rest.append(c)
+
     # Identifier values per kind → account pks.
-    claim_keys = {c.id: _claim_keys(c) for c in claims}
+    claim_keys = {c.id: _claim_keys(c) for c in rest}
     wanted: dict[str, set[str]] = {k: set() for k in IDENTIFIER_KINDS}
     for keys in claim_keys.values():
         for kind, values in keys.items():
@@ -383,24 +488,22 @@ def _find_matches_in_case(session: Session, case_id: int, claims: Sequence[Claim
     found: dict[tuple[str, str], set[int]] = defaultdict(set)
     for kind in IDENTIFIER_KINDS:
         for chunk in _chunks(sorted(wanted[kind])):
-            for value, pk in session.execute(
+            for value, pk in conn.execute(
                 select(LedgerIdentifier.value, LedgerIdentifier.account_pk).where(
                     LedgerIdentifier.case_id == case_id,
                     LedgerIdentifier.kind == kind,
                     _in(session, LedgerIdentifier.value, chunk),
                 )
-            ):
+            ).all():
                 found[(kind, value)].add(pk)
 
-    chosen: dict[int, tuple[int, str]] = {}
     empty: frozenset[int] = frozenset()
     get = found.get
-    for c in claims:
+    for c in rest:
         keys = claim_keys[c.id]
-        sa = (c.scheme_account or "").strip()
         # The accounts each rule finds, in MATCH_RULES order (the sets of ``found``, shared:
-        # never changed here).
-        hits: list[set[int] | frozenset[int]] = [{by_account_id[sa]} if sa in by_account_id else empty]
+        # never changed here); the scheme account found none.
+        hits: list[set[int] | frozenset[int]] = [empty]
         for kind in IDENTIFIER_KINDS:
             values = keys[kind]
             if not values:
@@ -423,11 +526,11 @@ def _find_matches_in_case(session: Session, case_id: int, claims: Sequence[Claim
 
     totals: dict[int, tuple[int, int]] = {}
     for chunk in _chunks(sorted({pk for pk, _ in chosen.values()})):
-        for pk, dep, wd in session.execute(
+        for pk, dep, wd in conn.execute(
             select(LedgerAccount.id, LedgerAccount.deposits, LedgerAccount.withdrawals).where(
                 _in(session, LedgerAccount.id, chunk)
             )
-        ):
+        ).all():
             totals[pk] = (dep, wd)
     return {
         cid: Match(pk, rule, totals[pk][0], totals[pk][1]) for cid, (pk, rule) in chosen.items()
@@ -455,6 +558,7 @@ def _match_values(m: Match | None) -> dict:
 def match_batch(session: Session, claim_ids: Iterable[int], *, actor: Actor | None = None) -> dict:
     """Step 1 on a batch: ``submitted → verifying`` and the ledger match stored on every
     pending claim of ``claim_ids`` (others are ignored). Returns counts."""
+    session.flush()  # the batch reads through the connection (no autoflush): flush once
     with _gc_paused():
         return _match_batch(session, claim_ids, actor or default_actor())
 
@@ -471,13 +575,21 @@ def _match_batch(session: Session, claim_ids: Iterable[int], actor: Actor) -> di
         # submitted → verifying with the match stored (lifecycle.transition_many's event:
         # before = the status and the match columns as they were, after = the new ones).
         items = []
+        befores: dict[tuple, str] = {}  # mostly one: submitted, nothing matched before
+        unmatched_after = _match_text(S.verifying.value, *_NO_MATCH)
         for c in submitted:
+            old = (c.status, c.invested, c.ledger_account_pk, c.match_rule, c.recognized_loss,
+                   c.withdrawn)
+            before = befores.get(old)
+            if before is None:
+                before = befores[old] = _match_text(*old)
             m = matches.get(c.id)
-            new = (m.deposits, m.account_pk, m.rule, m.loss, m.withdrawals) if m else _NO_MATCH
-            before = _match_text(c.status, c.invested, c.ledger_account_pk, c.match_rule,
-                                 c.recognized_loss, c.withdrawn)
-            items.append((c, new, before, _match_text(S.verifying.value, *new)))
-        lifecycle.apply_transition(
+            if m is None:
+                items.append((c, _NO_MATCH, before, unmatched_after))
+                continue
+            new = (m.deposits, m.account_pk, m.rule, m.loss, m.withdrawals)
+            items.append((c, new, before, _verifying_text(*new)))
+        _apply_transition(
             session, S.verifying.value, actor=actor, action="claim.verification_started",
             columns=_MATCH_COLUMNS, items=items,
         )
@@ -500,6 +612,20 @@ def _match_batch(session: Session, claim_ids: Iterable[int], actor: Actor) -> di
 # The match columns in sorted order (the audit's canonical JSON sorts keys).
 _MATCH_COLUMNS = ("invested", "ledger_account_pk", "match_rule", "recognized_loss", "withdrawn")
 _NO_MATCH = (None, None, None, None, None)
+
+
+_RULE_TEXT = {rule: _json_str(rule) for rule in MATCH_RULES}
+
+
+def _verifying_text(invested, account_pk, rule, loss, withdrawn) -> str:
+    """``_match_text("verifying", …)`` of a match (ints and a rule name), without the per-value
+    dispatch of :func:`_j`."""
+    if (invested.__class__ is int and account_pk.__class__ is int and loss.__class__ is int
+            and withdrawn.__class__ is int and rule in _RULE_TEXT):
+        return (f'{{"invested":{invested},"ledger_account_pk":{account_pk},'
+                f'"match_rule":{_RULE_TEXT[rule]},"recognized_loss":{loss},'
+                f'"status":"verifying","withdrawn":{withdrawn}}}')
+    return _match_text(S.verifying.value, invested, account_pk, rule, loss, withdrawn)
 
 
 def _match_text(status, invested, account_pk, rule, loss, withdrawn) -> str:
@@ -551,7 +677,7 @@ def _clusters(
             .group_by(*key_cols)
             .having(func.count() > 1)
         )
-        dup.update(tuple(r) for r in session.execute(stmt))
+        dup.update(tuple(r) for r in session.connection().execute(stmt).all())
     dup &= keys
     if not dup:
         return {}
@@ -563,7 +689,7 @@ def _clusters(
             .where(_case_is(case_id), _in(session, lead, chunk))
             .order_by(Claim.id)
         )
-        for row in session.execute(stmt):
+        for row in session.connection().execute(stmt).all():
             key = tuple(row[4:])
             if key in dup:
                 out[key].append(_Member(row[0], row[1], row[2], row[3]))
@@ -600,6 +726,7 @@ def decide_batch(
 ) -> dict:
     """Step 2 on a batch: flag and decide every ``verifying`` claim of ``claim_ids`` (of
     ``case_id`` when given) whose match step ran (see the module docstring). Returns counts."""
+    session.flush()  # the batch reads through the connection (no autoflush): flush once
     with _gc_paused():
         return _decide_batch(session, claim_ids, actor or default_actor(), case_id)
 
@@ -628,22 +755,22 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
     # Ledger accounts of the matches.
     accounts: dict[int, tuple[str, bool, str | None]] = {}
     for chunk in _chunks(sorted({c.ledger_account_pk for c in claims if c.ledger_account_pk is not None})):
-        for pk, account_id, insider, reason in session.execute(
+        for pk, account_id, insider, reason in session.connection().execute(
             select(
                 LedgerAccount.id, LedgerAccount.account_id, LedgerAccount.insider,
                 LedgerAccount.insider_reason,
             ).where(_in(session, LedgerAccount.id, chunk))
-        ):
+        ).all():
             accounts[pk] = (account_id, bool(insider), reason)
 
     # The blocked list and documents.
     blocked: dict[str, str] = {}
     for chunk in _chunks(sorted({c.payout_address_key for c in claims if c.payout_address_key})):
-        for key, reason in session.execute(
+        for key, reason in session.connection().execute(
             select(BlockedAddress.address_key, BlockedAddress.reason).where(
                 _in(session, BlockedAddress.address_key, chunk)
             )
-        ):
+        ).all():
             blocked[key] = reason
     # missing_evidence: the unmatched claims' evidence hashes and documents.
     unmatched = [c.id for c in claims if c.ledger_account_pk not in accounts]
@@ -652,12 +779,12 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
     t = Claim.__table__
     for chunk in _chunks(unmatched):
         with_evidence.update(
-            cid for cid, hashes in session.execute(
+            cid for cid, hashes in session.connection().execute(
                 select(t.c.id, t.c.evidence_tx_hashes).where(_in(session, t.c.id, chunk))
             ) if hashes
         )
         with_documents.update(
-            session.execute(
+            session.connection().execute(
                 select(Document.claim_id).where(_in(session, Document.claim_id, chunk)).distinct()
             ).scalars()
         )
@@ -746,17 +873,28 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
         acct = accounts.get(c.ledger_account_pk) if c.ledger_account_pk is not None else None
         return acct[0] if acct else None
 
+    def before_text(c) -> str:
+        return (f'{{"decided_at":{_j_time(c.decided_at)},"status":{_j(c.status)},'
+                f'"verified_at":{_j_time(c.verified_at)}}}')
+
     if clean:
         tail = f',"rule":{_json_str(APPROVE_RULE)},"status":"approved","verified_at":{now_text}}}'
-        lifecycle.apply_transition(
+        # A claim verified for the first time: the same "before" for all.
+        first_before = f'{{"decided_at":null,"status":{_j(S.verifying.value)},"verified_at":null}}'
+        new_times = (now, now)
+        verifying = S.verifying.value
+        # A clean claim has matched an account: its id as JSON, once per account.
+        account_texts = {pk: _json_str(acct[0]) for pk, acct in accounts.items()}
+        _apply_transition(
             session, S.approved.value, actor=actor, action="claim.approved_by_rule",
             columns=("decided_at", "verified_at"), items=[
-                (c, (now, now),
-                 f'{{"decided_at":{_j_time(c.decided_at)},"status":{_j(c.status)},'
-                 f'"verified_at":{_j_time(c.verified_at)}}}',
-                 f'{{"decided_at":{now_text},"ledger_account":{_j(account_of(c))},'
-                 f'"match_rule":{_j(c.match_rule)},"recognized_loss":{_j(c.recognized_loss)}'
-                 f'{tail}')
+                (c, new_times,
+                 first_before if (c.decided_at is None and c.verified_at is None
+                                  and c.status == verifying) else before_text(c),
+                 f'{{"decided_at":{now_text},'
+                 f'"ledger_account":{account_texts[c.ledger_account_pk]},'
+                 f'"match_rule":{_RULE_TEXT.get(c.match_rule) or _j(c.match_rule)},'
+                 f'"recognized_loss":{_j(c.recognized_loss)}{tail}')
                 for c in clean
             ],
         )
@@ -769,16 +907,16 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
             for c in clean
         ])
         outbox.enqueue_texts(session, [
-            (c, "approved", outbox.context_text(
-                c.reference, {"recognized_loss": format_amount(c.recognized_loss or 0)}), None)
+            (c, "approved", _approved_context(c.reference, c.recognized_loss), None)
             for c in clean
         ])
     if flagged:
         tail = f',"status":"flagged","verified_at":{now_text}}}'
-        lifecycle.apply_transition(
+        new_time = (now,)
+        _apply_transition(
             session, S.flagged.value, actor=actor, action="claim.flagged_by_rule",
             columns=("verified_at",), items=[
-                (c, (now,),
+                (c, new_time,
                  f'{{"status":{_j(c.status)},"verified_at":{_j_time(c.verified_at)}}}',
                  f'{{"flags":[{",".join(_json_str(code) for code, _ in flags[c.id])}],'
                  f'"ledger_account":{_j(account_of(c))},"match_rule":{_j(c.match_rule)},'
@@ -803,6 +941,16 @@ def _decide_case(session: Session, case_id: int, claims: list[Claim], actor: Act
     return counts
 
 
+
+
+_ascii = json.encoder.encode_basestring_ascii
+
+
+def _approved_context(reference: str, recognized_loss: int | None) -> str:
+    """``outbox.context_text(reference, {"recognized_loss": format_amount(loss or 0)})``,
+    byte for byte (``json.dumps``' default form), written directly."""
+    return (f'{{"reference": {_ascii(reference)}, '
+            f'"recognized_loss": {_ascii(format_amount(recognized_loss or 0))}}}')
 
 
 def _j(value: str | int | None) -> str:
@@ -863,7 +1011,7 @@ def _flag_other_members(
     # Open flags the undecided members have already: update their message, insert the rest.
     open_flags: dict[tuple[int, str], int] = {}
     for chunk in _chunks(sorted(add)):
-        for fid, cid, code in session.execute(
+        for fid, cid, code in session.connection().execute(
             select(Flag.id, Flag.claim_id, Flag.code).where(
                 _in(session, Flag.claim_id, chunk), Flag.resolved_at.is_(None),
                 Flag.code.in_(DUPLICATE_FLAGS),
@@ -889,7 +1037,7 @@ def _flag_other_members(
             inserts.append({"claim_id": cid, "code": code, "message": msg, "created_at": now})
     _insert(session, Flag, inserts)
     if new_codes:
-        refs = dict(session.execute(
+        refs = dict(session.connection().execute(
             select(Claim.id, Claim.reference).where(Claim.id.in_(sorted(new_codes)))
         ).all())
         audit.record_many(session, actor, [
