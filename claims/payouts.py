@@ -73,12 +73,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, exists, func, insert, select, update
+from sqlalchemy import Engine, exists, func, select, update
 from sqlmodel import Session
 
 from claims import audit, outbox, rounds
-from claims.audit import Actor
-from claims.db import lock_clause, session_scope
+from claims.audit import Actor, bind_value, bulk_insert, driver_sql, json_str
+from claims.db import is_sqlite, lock_clause, session_scope
 from claims.errors import (
     Conflict,
     Forbidden,
@@ -95,7 +95,6 @@ from claims.models import (
     Claim,
     CustodianConfirmation,
     DistributionRound,
-    Flag,
     Mismatch,
     Payout,
     PayoutAttempt,
@@ -149,6 +148,48 @@ BLOCKING_FLAGS = ("address_changed", "blocked_address")
 
 FINANCE = "finance"
 
+# The hot paths (a round of a million payouts) write their SQL directly (``?`` markers, in the
+# driver's style through :func:`claims.audit.driver_sql`) and their audit events and notices
+# as canonical text (:func:`claims.audit.record_rows`, :func:`claims.outbox.enqueue_rows`):
+# the same rows, events and notices as the generic helpers, without per-row statement
+# compilation and type processing.
+
+
+def _marks(n: int) -> str:
+    """``?, ?, …`` (``n`` markers) for an ``IN (…)`` list."""
+    return ", ".join(["?"] * n)
+
+
+def _sql(session: Session, sql: str, params: Any = ()) -> Any:
+    """Run ``sql`` (``?`` markers) in the session's transaction: a tuple of parameters runs it
+    once, a list of tuples runs it for each (``executemany``). Pending ORM changes are flushed
+    first, as ``session.execute`` would."""
+    session.flush()
+    return session.connection().exec_driver_sql(driver_sql(session, sql), params)
+
+
+def _unindexed(session: Session, column: str) -> str:
+    """``column`` in a condition that must not pick SQLite's index: ``+column`` on SQLite (its
+    planner, without statistics, prefers e.g. the round's index over the ids of an
+    ``id IN (…)`` list — a scan of the whole round per chunk), ``column`` elsewhere."""
+    return f"+{column}" if is_sqlite(session.get_bind()) else column
+
+
+def _rows(session: Session, sql: str, params: Any = ()) -> list:
+    """The rows of a ``SELECT`` (``?`` markers), fetched at once."""
+    return _sql(session, sql, params).fetchall()
+
+
+def _canonical_value(value: Any) -> str:
+    """``audit.canonical_text(audit.jsonable(value))`` of a str, an int or None."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return json_str(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return audit.canonical_text(audit.jsonable(value))
+
 
 def payout_key(round_id: int, claim_id: int) -> str:
     """The payout's idempotency key: one per (round, claim), the same on every release."""
@@ -196,10 +237,9 @@ def claim_refs(session: Session, claim_ids: Iterable[int]) -> dict[int, ClaimRef
     ids = sorted(set(claim_ids))
     out: dict[int, ClaimRef] = {}
     for i in range(0, len(ids), INSERT_CHUNK):
-        for row in session.execute(
-            select(Claim.id, Claim.reference, Claim.language, Claim.email, Claim.full_name)
-            .where(Claim.id.in_(ids[i : i + INSERT_CHUNK]))
-        ):
+        chunk = ids[i : i + INSERT_CHUNK]
+        for row in _rows(session, "SELECT id, reference, language, email, full_name FROM claim "
+                        f"WHERE id IN ({_marks(len(chunk))})", tuple(chunk)):
             out[row[0]] = ClaimRef(*row)
     return out
 
@@ -249,7 +289,7 @@ def release_round(
         raise PayoutAlreadyTriggered(
             f"a release of round {rnd.id} is still running; wait until its payouts are done"
         )
-    rows = session.execute(
+    rows = session.connection().execute(
         select(Allocation.id, Allocation.claim_id, Allocation.amount, Claim.payout_network)
         .join(Claim, Claim.id == Allocation.claim_id)
         .where(
@@ -262,23 +302,26 @@ def release_round(
     if not rows:
         raise PayoutAlreadyTriggered(f"round {rnd.id} has nothing left to pay")
     now = utcnow()
+    now_db = bind_value(session, Payout.__table__.c.created_at, now)
     by_rail: dict[str, dict[str, int]] = {}
+    rid = rnd.id
+    pending = P.pending.value
     values = []
+    total = 0
     for alloc_id, claim_id, amount, network in rows:
         rail = rail_for(network)
-        agg = by_rail.setdefault(rail, {"count": 0, "amount": 0})
+        agg = by_rail.get(rail)
+        if agg is None:
+            agg = by_rail[rail] = {"count": 0, "amount": 0}
         agg["count"] += 1
         agg["amount"] += amount
-        values.append({
-            "round_id": rnd.id, "claim_id": claim_id, "allocation_id": alloc_id,
-            "idempotency_key": payout_key(rnd.id, claim_id), "amount": amount, "rail": rail,
-            "network": network, "state": P.pending.value, "attempt": 1,
-            "release_id": release_id, "created_at": now, "updated_at": now,
-        })
+        total += amount
+        values.append((rid, claim_id, alloc_id, payout_key(rid, claim_id), amount, rail, network,
+                       pending, 1, release_id, now_db, now_db))
+    del rows
     for i in range(0, len(values), INSERT_CHUNK):
-        session.connection().execute(insert(Payout.__table__), values[i : i + INSERT_CHUNK])
+        _insert(session, Payout.__table__, _PAYOUT_COLUMNS, values[i : i + INSERT_CHUNK])
     before = {"status": rnd.status}
-    total = sum(v["amount"] for v in values)
     session.execute(
         update(DistributionRound)
         .where(DistributionRound.id == rnd.id)
@@ -299,6 +342,24 @@ def release_round(
         "rails": {k: {"count": v["count"], "amount": format_amount(v["amount"])}
                   for k, v in sorted(by_rail.items())},
     }
+
+
+_PAYOUT_COLUMNS = ("round_id", "claim_id", "allocation_id", "idempotency_key", "amount", "rail",
+                   "network", "state", "attempt", "release_id", "created_at", "updated_at")
+
+
+def _insert(session: Session, table: Any, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+    """:func:`claims.audit.bulk_insert`, a constraint violation raised as SQLAlchemy's
+    ``IntegrityError`` on every backend (``COPY`` raises the driver's own)."""
+    from sqlalchemy.exc import IntegrityError
+
+    dbapi = session.get_bind().dialect.loaded_dbapi
+    try:
+        bulk_insert(session, table, columns, rows)
+    except IntegrityError:
+        raise
+    except dbapi.IntegrityError as exc:
+        raise IntegrityError(f"INSERT INTO {table.name}", None, exc) from exc
 
 
 # ------------------------------------------------------------------ payability at signing
@@ -330,31 +391,34 @@ def classify(
     from claims.validators import ValidationFailed, normalize_address_key, validate_payout_address
 
     claim_ids = sorted({r[1] for r in rows})
-    claims = {
-        c[0]: c
-        for c in session.execute(
-            select(Claim.id, Claim.status, Claim.payout_network, Claim.payout_address,
-                   Claim.reference)
-            .where(Claim.id.in_(claim_ids))
-        )
-    }
+    claims: dict[int, tuple] = {}
     flags: dict[int, set[str]] = {}
-    for cid, code in session.execute(
-        select(Flag.claim_id, Flag.code).where(
-            Flag.claim_id.in_(claim_ids), Flag.resolved_at.is_(None), Flag.code.in_(BLOCKING_FLAGS)
-        )
-    ):
-        flags.setdefault(cid, set()).add(code)
+    for i in range(0, len(claim_ids), INSERT_CHUNK):
+        chunk = tuple(claim_ids[i : i + INSERT_CHUNK])
+        marks = _marks(len(chunk))
+        for c in _rows(session, "SELECT id, status, payout_network, payout_address, reference "
+                      f"FROM claim WHERE id IN ({marks})", chunk):
+            claims[c[0]] = c
+        for cid, code in _rows(
+            session, f"SELECT claim_id, code FROM flag WHERE claim_id IN ({marks}) AND "
+            f"resolved_at IS NULL AND {_unindexed(session, 'code')} "
+            f"IN ({_marks(len(BLOCKING_FLAGS))})",
+            chunk + BLOCKING_FLAGS,
+        ):
+            flags.setdefault(cid, set()).add(code)
     keys = {}
     for cid, (_, _, network, address, _) in claims.items():
         try:
             keys[cid] = normalize_address_key(network, address)
         except Exception:  # noqa: BLE001 - an unreadable address is held below
             keys[cid] = None
-    blocked = set(session.execute(
-        select(BlockedAddress.address_key).where(
-            BlockedAddress.address_key.in_([k for k in keys.values() if k]))
-    ).scalars().all()) if keys else set()
+    blocked: set[str] = set()
+    wanted = sorted({k for k in keys.values() if k})
+    for i in range(0, len(wanted), INSERT_CHUNK):
+        chunk = tuple(wanted[i : i + INSERT_CHUNK])
+        blocked.update(r[0] for r in _rows(
+            session, f"SELECT address_key FROM {BlockedAddress.__tablename__} "
+            f"WHERE address_key IN ({_marks(len(chunk))})", chunk))
     payable, hold = [], []
     for payout_id, claim_id, amount, attempt, network in rows:
         claim = claims.get(claim_id)
@@ -388,19 +452,19 @@ def hold_many(session: Session, items: Sequence[tuple[int, int, str]], *, actor:
     """``pending → held`` with the reason (the executor, at signing/export)."""
     if not items:
         return 0
-    now = utcnow()
-    table = Payout.__table__
-    res = session.connection().execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.state == P.pending.value)
-        .values(state=P.held.value, failure_reason=bindparam("b_reason"), updated_at=now),
-        [{"b_id": pid, "b_reason": reason} for pid, _, reason in items],
-    )
+    now_db = bind_value(session, Payout.__table__.c.updated_at, utcnow())
+    held, pending = P.held.value, P.pending.value
+    res = _sql(session, "UPDATE payout SET state = ?, failure_reason = ?, updated_at = ? "
+               "WHERE id = ? AND state = ?",
+               [(held, reason, now_db, pid, pending) for pid, _, reason in items])
     if res.rowcount != len(items):
         raise PayoutError("payouts changed while they were being held; run again")
-    audit.record_many(session, actor, [
-        ("payout.held", "payout", pid, {"state": P.pending.value},
-         {"state": P.held.value, "reason": reason}) for pid, _, reason in items
+    # audit.record_many(…, ("payout.held", "payout", pid, {"state": "pending"},
+    # {"state": "held", "reason": reason})), its texts written directly
+    audit.record_rows(session, [
+        (actor.name, actor.role, "payout.held", "payout", str(pid), '{"state":"pending"}',
+         f'{{"reason":{_canonical_value(reason)},"state":"held"}}')
+        for pid, _, reason in items
     ])
     return len(items)
 
@@ -411,43 +475,36 @@ def open_attempts(
     """Create or update the attempt rows ``(payout_id, attempt, chain_tx_id, address)``."""
     if not rows:
         return
-    ids = [r[0] for r in rows]
+    ids = sorted({r[0] for r in rows})
     existing = set()
     for i in range(0, len(ids), INSERT_CHUNK):
-        existing.update((p, a) for p, a in session.execute(
-            select(PayoutAttempt.payout_id, PayoutAttempt.attempt).where(
-                PayoutAttempt.payout_id.in_(ids[i : i + INSERT_CHUNK]))
-        ))
-    now = utcnow()
-    new = [
-        {"payout_id": p, "attempt": a, "chain_tx_id": c, "address": addr, "created_at": now}
-        for p, a, c, addr in rows if (p, a) not in existing
-    ]
-    old = [
-        {"b_p": p, "b_a": a, "b_c": c, "b_addr": addr}
-        for p, a, c, addr in rows if (p, a) in existing
-    ]
+        chunk = tuple(ids[i : i + INSERT_CHUNK])
+        existing.update((p, a) for p, a in _rows(
+            session, "SELECT payout_id, attempt FROM payout_attempt "
+            f"WHERE payout_id IN ({_marks(len(chunk))})", chunk))
+    now_db = bind_value(session, PayoutAttempt.__table__.c.created_at, utcnow())
+    if existing:
+        new = [(p, a, c, addr, now_db) for p, a, c, addr in rows if (p, a) not in existing]
+        old = [(c, addr, p, a) for p, a, c, addr in rows if (p, a) in existing]
+    else:
+        new = [(p, a, c, addr, now_db) for p, a, c, addr in rows]
+        old = []
     if new:
-        session.connection().execute(insert(PayoutAttempt.__table__), new)
+        _insert(session, PayoutAttempt.__table__, _ATTEMPT_COLUMNS, new)
     if old:
-        t = PayoutAttempt.__table__
-        session.connection().execute(
-            update(t).where(t.c.payout_id == bindparam("b_p"), t.c.attempt == bindparam("b_a"))
-            .values(chain_tx_id=bindparam("b_c"), address=bindparam("b_addr")),
-            old,
-        )
+        _sql(session, "UPDATE payout_attempt SET chain_tx_id = ?, address = ? "
+             "WHERE payout_id = ? AND attempt = ?", old)
+
+
+_ATTEMPT_COLUMNS = ("payout_id", "attempt", "chain_tx_id", "address", "created_at")
 
 
 def close_attempts(session: Session, rows: Sequence[tuple[int, int, str, str | None]]) -> None:
     """Record how attempts ended ``(payout_id, attempt, outcome, reason)``."""
     if not rows:
         return
-    t = PayoutAttempt.__table__
-    session.connection().execute(
-        update(t).where(t.c.payout_id == bindparam("b_p"), t.c.attempt == bindparam("b_a"))
-        .values(outcome=bindparam("b_o"), reason=bindparam("b_r")),
-        [{"b_p": p, "b_a": a, "b_o": o, "b_r": r} for p, a, o, r in rows],
-    )
+    _sql(session, "UPDATE payout_attempt SET outcome = ?, reason = ? "
+         "WHERE payout_id = ? AND attempt = ?", [(o, r, p, a) for p, a, o, r in rows])
 
 
 def notify_outcomes(
@@ -455,17 +512,32 @@ def notify_outcomes(
     failed: Sequence[tuple[int, int]],
 ) -> None:
     """Queue ``paid`` notices ``(claim_id, amount, tx_id, network, chain_id)`` and ``failed``
-    notices ``(claim_id, amount)``."""
-    refs = claim_refs(session, [p[0] for p in paid] + [f[0] for f in failed])
-    items = []
+    notices ``(claim_id, amount)``: each context is ``{"reference": …, **context}`` as
+    ``json.dumps`` writes it (what :func:`claims.outbox.enqueue_many` stores), the context
+    the one :func:`paid_context` gives (``failed``: amount and name), read with the claims'
+    values in one query per chunk."""
+    if not paid and not failed:
+        return
+    ids = sorted({p[0] for p in paid} | {f[0] for f in failed})
+    refs: dict[int, tuple] = {}  # claim id → (reference, language, email, name)
+    for i in range(0, len(ids), INSERT_CHUNK):
+        chunk = tuple(ids[i : i + INSERT_CHUNK])
+        for cid, *ref in _rows(
+            session, "SELECT id, reference, language, email, full_name FROM claim "
+            f"WHERE id IN ({_marks(len(chunk))})", chunk,
+        ):
+            refs[cid] = ref
+    text = outbox.context_text
+    rows = []
     for claim_id, amount, tx_id, network, chain_id in paid:
-        ref = refs[claim_id]
-        items.append((ref, "paid", paid_context(amount, tx_id, network, chain_id, ref.full_name),
-                      None))
+        reference, language, email, name = refs[claim_id]
+        rows.append((claim_id, "paid", language, email,
+                     text(reference, paid_context(amount, tx_id, network, chain_id, name))))
     for claim_id, amount in failed:
-        ref = refs[claim_id]
-        items.append((ref, "failed", {"amount": amount, "name": ref.full_name}, None))
-    outbox.enqueue_many(session, items)
+        reference, language, email, name = refs[claim_id]
+        rows.append((claim_id, "failed", language, email,
+                     text(reference, {"amount": amount, "name": name})))
+    outbox.enqueue_rows(session, rows)
 
 
 # ------------------------------------------------------------------ finance: one payout

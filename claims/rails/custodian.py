@@ -37,11 +37,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 from sqlmodel import Session
 
 from claims import audit, rounds
-from claims.audit import Actor
+from claims.audit import Actor, bind_value, bulk_insert, json_str
 from claims.db import lock_clause
 from claims.errors import InvalidInput, PayoutError
 from claims.models import (
@@ -57,6 +57,10 @@ from claims.money import AmountError, format_amount, parse_amount
 from claims.payouts import (
     INSERT_CHUNK,
     RAIL_CUSTODIAN,
+    _marks,
+    _rows,
+    _sql,
+    _unindexed,
     classify,
     close_attempts,
     hold_many,
@@ -98,7 +102,7 @@ def export_pending(session: Session, round_id: int, *, actor: Actor,
         stmt = stmt.limit(limit)
     if lock_clause(session):
         stmt = stmt.with_for_update(skip_locked=True)
-    rows = [tuple(r) for r in session.execute(stmt).all()]
+    rows = [tuple(r) for r in session.connection().execute(stmt).all()]
     if not rows:
         return {"selected": 0, "exported": 0, "held": 0}
     exported = held = 0
@@ -107,24 +111,28 @@ def export_pending(session: Session, round_id: int, *, actor: Actor,
         held += hold_many(session, hold, actor=actor)
         if not items:
             continue
-        now = utcnow()
-        table = Payout.__table__
-        res = session.connection().execute(
-            update(table).where(table.c.id == bindparam("b_id"),
-                                table.c.state == P.pending.value,
-                                table.c.attempt == bindparam("b_attempt"))
-            .values(state=P.exported.value, address=bindparam("b_addr"), updated_at=now),
-            [{"b_id": c.payout_id, "b_attempt": c.attempt, "b_addr": c.address} for c in items],
-        )
+        now_db = bind_value(session, Payout.__table__.c.updated_at, utcnow())
+        state, pending = P.exported.value, P.pending.value
+        res = _sql(session, "UPDATE payout SET state = ?, address = ?, updated_at = ? "
+                   "WHERE id = ? AND state = ? AND attempt = ?",
+                   [(state, c.address, now_db, c.payout_id, pending, c.attempt) for c in items])
         if res.rowcount != len(items):
             raise PayoutError("payouts changed while being exported; nothing was exported, "
                               "run again")
         open_attempts(session, [(c.payout_id, c.attempt, None, c.address) for c in items])
-        audit.record(session, actor, "payouts.exported", "round", round_id, after={
-            "rail": RAIL_CUSTODIAN, "payouts": [c.payout_id for c in items],
-            "amount": sum(c.amount for c in items)})
+        # audit.record(…, "payouts.exported", "round", round_id, after={"rail": …,
+        # "payouts": [ids], "amount": total}), its text written directly
+        ids = ",".join([str(c.payout_id) for c in items])
+        audit.record_rows(session, [(
+            actor.name, actor.role, "payouts.exported", "round", str(round_id), "null",
+            f'{{"amount":{sum(c.amount for c in items)},"payouts":[{ids}],'
+            f'"rail":{json_str(RAIL_CUSTODIAN)}}}')])
         exported += len(items)
     return {"selected": len(rows), "exported": exported, "held": held}
+
+
+_CONFIRMATION_COLUMNS = ("round_id", "payout_id", "tx_id", "amount", "status", "created_at")
+_BEFORE_EXPORTED = '{"state":"exported"}'
 
 
 def instruction_key(key: str, attempt: int) -> str:
@@ -141,7 +149,7 @@ def instructions(session: Session, round_id: object, *, actor: Actor | None = No
             raise ValueError("exporting needs the acting finance officer")
         require_finance(actor, "export custodian instructions")
         export_pending(session, rnd.id, actor=actor)
-    rows = session.execute(
+    rows = session.connection().execute(
         select(Payout.id, Payout.network, PayoutAttempt.address, Payout.amount,
                Payout.idempotency_key, PayoutAttempt.attempt)
         .join(PayoutAttempt, PayoutAttempt.payout_id == Payout.id)
@@ -211,54 +219,54 @@ def parse_confirmations(data: str | bytes) -> list[ConfirmationRow]:
     if errors:
         raise InvalidInput(errors, "\n".join(f"{e['field']}: {e['message']}" for e in errors))
     idx = {n: i for i, n in enumerate(names)}
+    i_pid, i_tx, i_amount = idx["payout_id"], idx["tx_id"], idx["amount"]
+    i_status = idx.get("status")
+    width = len(names)
+    short = width - 1 if names[-1] == "status" else -1  # the optional status left out
     line = 1
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
+    try:
+        for fields in reader:
             line = reader.line_num
-            bad(line, f"not CSV: {exc}")
-            break
+            if not fields or (not fields[0].strip() and all(not f.strip() for f in fields)):
+                continue
+            if len(out) + len(errors) >= MAX_ROWS:
+                bad(line, f"more than {MAX_ROWS} rows")
+                break
+            if len(fields) == short:
+                fields = [*fields, ""]  # the optional status left out on this row
+            if len(fields) != width:
+                bad(line, f"{len(fields)} fields, the header has {width}")
+                continue
+            problems = []
+            pid_text = fields[i_pid].strip()
+            pid = None
+            if not (pid_text.isascii() and pid_text.isdigit()) or pid_text.startswith("0") \
+                    or len(pid_text) > 18:
+                problems.append(f"payout_id {pid_text!r} is not a payout id")
+            else:
+                pid = int(pid_text)
+            tx_id = fields[i_tx].strip()
+            if not tx_id:
+                problems.append("tx_id is empty")
+            elif len(tx_id) > MAX_TX_ID or not tx_id.isprintable() or " " in tx_id:
+                # isprintable() is False for every whitespace character but the ASCII space
+                problems.append("tx_id must be at most 128 printable characters without spaces")
+            amount = None
+            try:
+                amount = parse_amount(fields[i_amount].strip(), allow_zero=False)
+            except AmountError as exc:
+                problems.append(f"amount {exc}")
+            status = fields[i_status].strip().lower() if i_status is not None else ""
+            status = status or "confirmed"
+            if status not in STATUSES:
+                problems.append("status must be confirmed or failed")
+            if problems:
+                bad(line, "; ".join(problems))
+                continue
+            out.append(ConfirmationRow(line, pid, tx_id, amount, status))  # type: ignore[arg-type]
+    except csv.Error as exc:
         line = reader.line_num
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(out) + len(errors) >= MAX_ROWS:
-            bad(line, f"more than {MAX_ROWS} rows")
-            break
-        if len(fields) == len(names) - 1 and names[-1] == "status":
-            fields = [*fields, ""]  # the optional status left out on this row
-        if len(fields) != len(names):
-            bad(line, f"{len(fields)} fields, the header has {len(names)}")
-            continue
-        problems = []
-        pid_text = fields[idx["payout_id"]].strip()
-        pid = None
-        if not (pid_text.isascii() and pid_text.isdigit()) or pid_text.startswith("0") \
-                or len(pid_text) > 18:
-            problems.append(f"payout_id {pid_text!r} is not a payout id")
-        else:
-            pid = int(pid_text)
-        tx_id = fields[idx["tx_id"]].strip()
-        if not tx_id:
-            problems.append("tx_id is empty")
-        elif len(tx_id) > MAX_TX_ID or not tx_id.isprintable() or " " in tx_id:
-            # isprintable() is False for every whitespace character but the ASCII space
-            problems.append("tx_id must be at most 128 printable characters without spaces")
-        amount = None
-        try:
-            amount = parse_amount(fields[idx["amount"]].strip(), allow_zero=False)
-        except AmountError as exc:
-            problems.append(f"amount {exc}")
-        status = fields[idx["status"]].strip().lower() if "status" in idx else ""
-        status = status or "confirmed"
-        if status not in STATUSES:
-            problems.append("status must be confirmed or failed")
-        if problems:
-            bad(line, "; ".join(problems))
-            continue
-        out.append(ConfirmationRow(line, pid, tx_id, amount, status))  # type: ignore[arg-type]
+        bad(line, f"not CSV: {exc}")
     if errors:
         raise InvalidInput(errors, "\n".join(f"{e['field']}: {e['message']}" for e in errors))
     return out
@@ -288,104 +296,126 @@ def import_confirmations(session: Session, round_id: object, data: str | bytes, 
     rnd = rounds.get_round(session, round_id, lock=True)
     rid = rnd.id
     ids = sorted({r.payout_id for r in rows})
-    payouts: dict[int, Any] = {}  # rows with the Payout columns read below
-    recorded: dict[int, list[tuple[str, int, str]]] = {}
+    # payout id → (id, rail, amount, state, tx_id, attempt, claim_id, network)
+    payouts: dict[int, tuple] = {}
+    recorded: dict[int, set[tuple[str, int, str]]] = {}
+    lock = " FOR UPDATE" if lock_clause(session) else ""
+    round_col = _unindexed(session, "round_id")  # by id, not by scanning the round
     for i in range(0, len(ids), INSERT_CHUNK):
-        chunk = ids[i : i + INSERT_CHUNK]
-        stmt = select(Payout.id, Payout.rail, Payout.amount, Payout.state, Payout.tx_id,
-                      Payout.attempt, Payout.claim_id, Payout.network) \
-            .where(Payout.id.in_(chunk), Payout.round_id == rid)
-        if lock_clause(session):
-            stmt = stmt.with_for_update()
-        for p in session.execute(stmt):
-            payouts[p.id] = p
-        for pid, tx, amount, status in session.execute(
-            select(CustodianConfirmation.payout_id, CustodianConfirmation.tx_id,
-                   CustodianConfirmation.amount, CustodianConfirmation.status)
-            .where(CustodianConfirmation.payout_id.in_(chunk))
+        chunk = tuple(ids[i : i + INSERT_CHUNK])
+        marks = _marks(len(chunk))
+        for p in _rows(session, "SELECT id, rail, amount, state, tx_id, attempt, claim_id, "
+                      f"network FROM payout WHERE id IN ({marks}) AND {round_col} = ?{lock}",
+                      (*chunk, rid)):
+            payouts[p[0]] = tuple(p)
+        for pid, tx, amount, status in _rows(
+            session, "SELECT payout_id, tx_id, amount, status FROM custodian_confirmation "
+            f"WHERE payout_id IN ({marks})", chunk,
         ):
-            recorded.setdefault(pid, []).append((tx, amount, status))
+            recorded.setdefault(pid, set()).add((tx, amount, status))
     # state and tx of each payout as this import goes (rows of one file may repeat)
-    state = {pid: (p.state, p.tx_id) for pid, p in payouts.items()}
-    confirm: list[tuple[ConfirmationRow, Any]] = []
-    fail: list[tuple[ConfirmationRow, Any]] = []
+    state = {pid: (p[3], p[4]) for pid, p in payouts.items()}
+    confirm: list[tuple[ConfirmationRow, tuple]] = []
+    fail: list[tuple[ConfirmationRow, tuple]] = []
     already = 0
     mismatches: list[tuple[ConfirmationRow, str]] = []
+    exported, confirmed, failed = P.exported.value, P.confirmed.value, P.failed.value
     for row in rows:
         p = payouts.get(row.payout_id)
         if p is None:
             mismatches.append((row, f"no payout {row.payout_id} in round {rid}"))
             continue
-        if p.rail != RAIL_CUSTODIAN:
-            mismatches.append((row, f"payout {p.id} is paid on the {p.rail} rail, not by the "
+        pid, rail, amount = p[0], p[1], p[2]
+        if rail != RAIL_CUSTODIAN:
+            mismatches.append((row, f"payout {pid} is paid on the {rail} rail, not by the "
                                     "custodian"))
             continue
-        if row.amount != p.amount:
+        if row.amount != amount:
             mismatches.append((row, f"amount differs: the custodian reports "
-                                    f"{format_amount(row.amount)} USDT, payout {p.id} is "
-                                    f"{format_amount(p.amount)} USDT"))
+                                    f"{format_amount(row.amount)} USDT, payout {pid} is "
+                                    f"{format_amount(amount)} USDT"))
             continue
-        if (row.tx_id, row.amount, row.status) in recorded.get(p.id, []):
+        key = (row.tx_id, row.amount, row.status)
+        seen = recorded.get(pid)
+        if seen is not None and key in seen:
             already += 1
             continue
-        current, tx = state[p.id]
-        if current == P.exported.value:
-            (confirm if row.status == "confirmed" else fail).append((row, p))
-            state[p.id] = (P.confirmed.value if row.status == "confirmed" else P.failed.value,
-                           row.tx_id)
-            recorded.setdefault(p.id, []).append((row.tx_id, row.amount, row.status))
-        elif current == P.confirmed.value:
-            mismatches.append((row, f"payout {p.id} is confirmed with tx {tx}; the custodian "
+        current, tx = state[pid]
+        if current == exported:
+            if row.status == "confirmed":
+                confirm.append((row, p))
+                state[pid] = (confirmed, row.tx_id)
+            else:
+                fail.append((row, p))
+                state[pid] = (failed, row.tx_id)
+            if seen is None:
+                recorded[pid] = {key}
+            else:
+                seen.add(key)
+        elif current == confirmed:
+            mismatches.append((row, f"payout {pid} is confirmed with tx {tx}; the custodian "
                                     f"now reports {row.status} with tx {row.tx_id}"))
-        elif current == P.failed.value:
-            mismatches.append((row, f"payout {p.id} was reported failed; the custodian now "
+        elif current == failed:
+            mismatches.append((row, f"payout {pid} was reported failed; the custodian now "
                                     f"reports {row.status} with tx {row.tx_id}"))
         else:
-            mismatches.append((row, f"payout {p.id} was not handed to the custodian (it is "
+            mismatches.append((row, f"payout {pid} was not handed to the custodian (it is "
                                     f"{current})"))
+    del recorded
     now = utcnow()
     if confirm or fail:
-        session.connection().execute(insert(CustodianConfirmation.__table__), [
-            {"round_id": rid, "payout_id": p.id, "tx_id": r.tx_id, "amount": r.amount,
-             "status": r.status, "created_at": now} for r, p in confirm + fail
-        ])
-    table = Payout.__table__
+        now_db = bind_value(session, CustodianConfirmation.__table__.c.created_at, now)
+        for part in (confirm, fail):
+            for i in range(0, len(part), INSERT_CHUNK):
+                bulk_insert(session, CustodianConfirmation.__table__, _CONFIRMATION_COLUMNS, [
+                    (rid, p[0], r.tx_id, r.amount, r.status, now_db)
+                    for r, p in part[i : i + INSERT_CHUNK]
+                ])
+    name, role = actor.name, actor.role
     if confirm:
-        res = session.connection().execute(
-            update(table).where(table.c.id == bindparam("b_id"),
-                                table.c.state == P.exported.value)
-            .values(state=P.confirmed.value, tx_id=bindparam("b_tx"), confirmed_at=now,
-                    reconciled_at=now, failure_reason=None, updated_at=now),
-            [{"b_id": p.id, "b_tx": r.tx_id} for r, p in confirm],
-        )
-        assert res.rowcount == len(confirm)
-        close_attempts(session, [(p.id, p.attempt, "confirmed", None) for _, p in confirm])
-        audit.record_many(session, actor, [
-            ("payout.confirmed", "payout", p.id, {"state": P.exported.value},
-             {"state": P.confirmed.value, "tx_id": r.tx_id, "amount": r.amount,
-              "source": "custodian", "line": r.line}) for r, p in confirm
-        ])
+        now_db = bind_value(session, Payout.__table__.c.updated_at, now)
+        for i in range(0, len(confirm), INSERT_CHUNK):
+            part = confirm[i : i + INSERT_CHUNK]
+            res = _sql(session, "UPDATE payout SET state = ?, tx_id = ?, confirmed_at = ?, "
+                       "reconciled_at = ?, failure_reason = NULL, updated_at = ? "
+                       "WHERE id = ? AND state = ?",
+                       [(confirmed, r.tx_id, now_db, now_db, now_db, p[0], exported)
+                        for r, p in part])
+            assert res.rowcount == len(part)
+            close_attempts(session, [(p[0], p[5], "confirmed", None) for _, p in part])
+            # audit.record_many(…, ("payout.confirmed", "payout", id, {"state": "exported"},
+            # {"state": "confirmed", "tx_id", "amount", "source": "custodian", "line"})), its
+            # texts written directly
+            audit.record_rows(session, [
+                (name, role, "payout.confirmed", "payout", str(p[0]), _BEFORE_EXPORTED,
+                 f'{{"amount":{r.amount},"line":{r.line},"source":"custodian",'
+                 f'"state":"confirmed","tx_id":{json_str(r.tx_id)}}}')
+                for r, p in part
+            ])
     if fail:
-        reasons = {p.id: f"the custodian reported it failed (tx {r.tx_id})" for r, p in fail}
-        res = session.connection().execute(
-            update(table).where(table.c.id == bindparam("b_id"),
-                                table.c.state == P.exported.value)
-            .values(state=P.failed.value, tx_id=bindparam("b_tx"),
-                    failure_reason=bindparam("b_why"), updated_at=now),
-            [{"b_id": p.id, "b_tx": r.tx_id, "b_why": reasons[p.id]} for r, p in fail],
-        )
-        assert res.rowcount == len(fail)
-        close_attempts(session, [(p.id, p.attempt, "failed", reasons[p.id]) for _, p in fail])
-        audit.record_many(session, actor, [
-            ("payout.failed", "payout", p.id, {"state": P.exported.value},
-             {"state": P.failed.value, "tx_id": r.tx_id, "source": "custodian",
-              "line": r.line}) for r, p in fail
-        ])
-    notify_outcomes(
-        session,
-        [(p.claim_id, p.amount, r.tx_id, p.network, None) for r, p in confirm],
-        [(p.claim_id, p.amount) for _, p in fail],
-    )
+        now_db = bind_value(session, Payout.__table__.c.updated_at, now)
+        for i in range(0, len(fail), INSERT_CHUNK):
+            part = fail[i : i + INSERT_CHUNK]
+            reasons = [f"the custodian reported it failed (tx {r.tx_id})" for r, _ in part]
+            res = _sql(session, "UPDATE payout SET state = ?, tx_id = ?, failure_reason = ?, "
+                       "updated_at = ? WHERE id = ? AND state = ?",
+                       [(failed, r.tx_id, why, now_db, p[0], exported)
+                        for (r, p), why in zip(part, reasons)])
+            assert res.rowcount == len(part)
+            close_attempts(session, [(p[0], p[5], "failed", why)
+                                     for (_, p), why in zip(part, reasons)])
+            audit.record_rows(session, [
+                (name, role, "payout.failed", "payout", str(p[0]), _BEFORE_EXPORTED,
+                 f'{{"line":{r.line},"source":"custodian","state":"failed",'
+                 f'"tx_id":{json_str(r.tx_id)}}}')
+                for r, p in part
+            ])
+    # the notices: every ``paid`` one, then every ``failed`` one
+    for i in range(0, len(confirm), INSERT_CHUNK):
+        notify_outcomes(session, [(p[6], p[2], r.tx_id, p[7], None)
+                                  for r, p in confirm[i : i + INSERT_CHUNK]], [])
+    for i in range(0, len(fail), INSERT_CHUNK):
+        notify_outcomes(session, [], [(p[6], p[2]) for _, p in fail[i : i + INSERT_CHUNK]])
     for row, reason in mismatches:
         record_mismatch(session, rid, payout_id=row.payout_id if row.payout_id in payouts
                         else None, source="custodian", reason=reason,
