@@ -223,6 +223,17 @@ class AllocationResult:
         return self._ids
 
     @property
+    def net_losses(self) -> list[int]:
+        """Each claim's net loss ``max(0, invested − withdrawn)`` in input order (0: a net
+        winner)."""
+        return self._loss
+
+    @property
+    def excluded_indices(self) -> set[int]:
+        """Input positions of the claims removed by the de minimis rule."""
+        return self._excluded
+
+    @property
     def allocations(self) -> list[int]:
         """Paid amounts in input order (0 for disputed claims)."""
         return self._alloc
@@ -320,20 +331,58 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _allocate(claims: Iterable[Any], pool: int, method: str, min_payout: int, unique_ids: bool) -> AllocationResult:
+def allocate_columns(
+    ids: list[str],
+    invested: list[int],
+    withdrawn: list[int],
+    paid_before: list[int] | None,
+    disputed: list[bool] | None,
+    pool: int,
+    method: str = PRO_RATA,
+    min_payout: int = 0,
+    *,
+    unique_ids: bool = False,
+) -> AllocationResult:
+    """:func:`allocate` for claims given as columns (lists in claim order: ``ids`` and the
+    amounts; ``paid_before`` / ``disputed`` None for all 0 / all False), for callers that
+    hold their claims that way (a round's claims read from the database): no record per
+    claim is built. Same rules, checks and result as :func:`allocate` on the same claims.
+    The lists become the result's (the caller must not change them afterwards)."""
+    _check_method(method)
+    with _gc_paused():
+        _check_pool(pool, min_payout)
+        n = len(ids)
+        pb = [0] * n if paid_before is None else paid_before
+        dis = [False] * n if disputed is None else disputed
+        if not len(invested) == len(withdrawn) == len(pb) == len(dis) == n:
+            raise ValueError("columns of different lengths")
+        return _allocate_columns(ids, invested, withdrawn, pb, dis, pool, method, min_payout,
+                                 unique_ids)
+
+
+def _check_pool(pool: int, min_payout: int) -> None:
     for name, value in (("pool", pool), ("min_payout", min_payout)):
         if type(value) is not int:
             raise TypeError(f"{name} must be an int of micro-USDT")
         if value < 0:
             raise ValueError(f"{name} must not be negative")
 
+
+def _allocate(claims: Iterable[Any], pool: int, method: str, min_payout: int, unique_ids: bool) -> AllocationResult:
+    _check_pool(pool, min_payout)
     claims = claims if isinstance(claims, (list, tuple)) else list(claims)
-    n = len(claims)
     ids = list(map(attrgetter("claim_id"), claims))
     inv = list(map(attrgetter("invested"), claims))
     wd = list(map(attrgetter("withdrawn"), claims))
     pb = _column(claims, "paid_before", 0)
     disputed = _column(claims, "disputed", False)
+    return _allocate_columns(ids, inv, wd, pb, disputed, pool, method, min_payout, unique_ids)
+
+
+def _allocate_columns(ids: list[str], inv: list[int], wd: list[int], pb: list[int],
+                      disputed: list, pool: int, method: str, min_payout: int,
+                      unique_ids: bool) -> AllocationResult:
+    n = len(ids)
     _validate(ids, inv, wd, pb, unique_ids)
 
     loss = [i - w if i > w else 0 for i, w in zip(inv, wd)]

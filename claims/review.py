@@ -28,16 +28,18 @@ Rules (DESIGN.md "Claim lifecycle"; CONTRACT.md "Staff"):
 from __future__ import annotations
 
 import importlib
+import json
 import re
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
 from claims import lifecycle, outbox
-from claims.audit import Actor
+from claims.audit import Actor, bind_value, bulk_insert, driver_sql, json_str
 from claims.db import lock_clause
 from claims.errors import IllegalTransition, InvalidInput, NotFound
 from claims.models import (
@@ -392,22 +394,25 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
             actor: Actor, field: str) -> list[dict]:
     """Apply checked decisions ``(reference, decision, reason, recognized_loss)``: one
     Decision row each, the claims moved by kind with bulk statements (audit events and the
-    victims' notifications with them), approved claims' open flags resolved."""
+    victims' notifications with them), approved claims' open flags resolved.
+
+    The claims are read as light rows (the columns used here), not model objects; each
+    group of claims moves through :func:`claims.lifecycle.apply_transition` with the audit
+    texts :func:`claims.lifecycle.transition_many` would write for the same values, and a
+    Claim object already loaded in the session is updated as that function would update it."""
     many = bool(field)
     refs = [ref for ref, *_ in items]
     for ref in refs:
         if not _REFERENCE_SHAPE.fullmatch(ref):
             raise NotFound(f"no claim {ref!r}")
-    stmt = select(Claim).where(Claim.reference.in_(refs))
-    if lock_clause(session):
-        stmt = stmt.with_for_update()
-    by_ref = {c.reference: c for c in session.execute(stmt).scalars()}
+    by_ref = {c.reference: c for c in _read_claims(session, refs)}
     claims = []
+    flagged = ClaimStatus.flagged.value
     for ref in refs:
         claim = by_ref.get(ref)
         if claim is None:
             raise NotFound(f"no claim {ref}")
-        if claim.status != ClaimStatus.flagged.value:
+        if claim.status != flagged:
             raise IllegalTransition(
                 f"decisions are taken on flagged claims; {claim.reference} is {claim.status}")
         claims.append(claim)
@@ -423,7 +428,7 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
             open_codes[claim_id].add(code)
 
     now = utcnow()
-    values: dict[int, dict[str, Any]] = {}
+    values: list[dict[str, Any]] = []
     rows = []
     for i, (claim, (_, decision, reason, recognized_loss)) in enumerate(zip(claims, items)):
         v: dict[str, Any] = {"decided_at": now}
@@ -442,34 +447,55 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
                 v.update(recognized_loss=recognized_loss, withdrawn=withdrawn,
                          invested=withdrawn + recognized_loss)
             overridden = sorted(open_codes.get(claim.id, ()))
-        values[claim.id] = v
+        values.append(v)
         rows.append({
             "claim_id": claim.id, "staff_id": actor.staff_id, "decision": decision,
             "reason": reason,
             "recognized_loss": recognized_loss if decision == "approve" else None,
             "overridden_flags": overridden, "created_at": now,
         })
-    decision_ids = session.execute(
-        insert(Decision).returning(Decision.id, sort_by_parameter_order=True), rows
-    ).scalars().all()
+    decision_ids = _insert_decisions(session, rows, now)
 
     # the claims move by kind; each keeps its own audit detail and notice
     groups: dict[str, list[int]] = defaultdict(list)
     for i, (_, decision, _, _) in enumerate(items):
         groups[decision].append(i)
     messages = []
+    now_text = json_str(now.isoformat())
     for decision, idx in groups.items():
         to, action, notify = _MOVES[decision]
-        batch = [claims[i] for i in idx]
-        audit_extra = {}
+        # what lifecycle.transition_many writes: the union of the group's columns (a claim
+        # without a column keeps its value), before = status + its own columns as they were,
+        # after = status + its own new values + the decision's detail (the texts written as
+        # canonical_text(jsonable(...)) of those dicts: keys in sorted order, no spaces)
+        keys = sorted({k for i in idx for k in values[i]})
+        to_text = json_str(to.value)
+        head = f'{{"decided_at":{now_text},"decision":{json_str(decision)},"decision_id":'
+        moves = []
         notices = []
         for i in idx:
-            claim, row = claims[i], rows[i]
-            extra = {"decision": decision, "decision_id": decision_ids[i],
-                     "reason": row["reason"]}
+            claim, row, vals = claims[i], rows[i], values[i]
+            reason = json_str(row["reason"])
+            if len(vals) == 1:  # decided_at only
+                before = (f'{{"decided_at":{_j_time(claim.decided_at)},'
+                          f'"status":{json_str(claim.status)}}}')
+                if decision == "approve":
+                    after = (f'{head}{decision_ids[i]},'
+                             f'"overridden_flags":{_j_list(row["overridden_flags"])},'
+                             f'"reason":{reason},"status":{to_text}}}')
+                else:
+                    after = f'{head}{decision_ids[i]},"reason":{reason},"status":{to_text}}}'
+            else:  # an approval with an amount: decided_at, invested, recognized_loss, withdrawn
+                before = (f'{{"decided_at":{_j_time(claim.decided_at)},'
+                          f'"invested":{_j(claim.invested)},'
+                          f'"recognized_loss":{_j(claim.recognized_loss)},'
+                          f'"status":{json_str(claim.status)},"withdrawn":{_j(claim.withdrawn)}}}')
+                after = (f'{head}{decision_ids[i]},"invested":{_j(vals["invested"])},'
+                         f'"overridden_flags":{_j_list(row["overridden_flags"])},'
+                         f'"reason":{reason},"recognized_loss":{_j(vals["recognized_loss"])},'
+                         f'"status":{to_text},"withdrawn":{_j(vals["withdrawn"])}}}')
             if decision == "approve":
-                extra["overridden_flags"] = row["overridden_flags"]
-                loss = values[claim.id].get("recognized_loss", claim.recognized_loss)
+                loss = vals.get("recognized_loss", claim.recognized_loss)
                 ctx = {"recognized_loss": format_amount(loss)}
             elif decision == "reject":
                 ctx = {"reason": row["reason"]}
@@ -477,12 +503,14 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
                 ctx = {"request": row["reason"]}
                 messages.append({"claim_id": claim.id, "kind": "request", "body": row["reason"],
                                  "created_at": now})
-            audit_extra[claim.id] = extra
+            moves.append((claim, [vals[k] if k in vals else getattr(claim, k) for k in keys],
+                          before, after))
             notices.append((claim, notify, ctx, None))
-        lifecycle.transition_many(
-            session, batch, to, actor=actor, action=action,
-            per_claim_values={c.id: values[c.id] for c in batch}, per_claim_audit=audit_extra,
-        )
+        moved_at = utcnow()
+        lifecycle.apply_transition(session, to.value, actor=actor, action=action,
+                                   columns=keys, items=moves, now=moved_at)
+        _reflect(session, [claims[i] for i in idx], [values[i] for i in idx], to.value,
+                 moved_at)
         outbox.enqueue_many(session, notices)
     if messages:
         session.connection().execute(insert(ClaimMessage.__table__), messages)
@@ -497,15 +525,111 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
             .values(resolved_at=now, decision_id=bindparam("b_decision")),
             resolve,
         )
+    now_ts = _ts(now)
+    status_of = {d: to.value for d, (to, _, _) in _MOVES.items()}
     return [
-        {"reference": claim.reference, "status": claim.status,
+        {"reference": claim.reference, "status": status_of[rows[i]["decision"]],
          "decision": {"id": str(decision_ids[i]), "decision": rows[i]["decision"],
                       "reason": rows[i]["reason"],
                       "recognized_loss": _amount(rows[i]["recognized_loss"]),
                       "overridden_flags": list(rows[i]["overridden_flags"]),
-                      "created_at": _ts(now)}}
+                      "created_at": now_ts}}
         for i, claim in enumerate(claims)
     ]
+
+
+def _j(value: int | None) -> str:
+    """``canonical_text`` of an amount or None."""
+    return "null" if value is None else str(int(value))
+
+
+def _j_time(value) -> str:
+    """``canonical_text(jsonable(value))`` of a time or None."""
+    return "null" if value is None else json_str(value.isoformat())
+
+
+def _j_list(values: Sequence[str]) -> str:
+    """``canonical_text`` of a list of strings."""
+    return "[" + ",".join(map(json_str, values)) + "]"
+
+
+# What _decide reads of a claim (and apply_transition, outbox.enqueue_many need of it).
+_ClaimRow = namedtuple("_ClaimRow", "id reference status case_id version ledger_account_pk "
+                       "invested withdrawn recognized_loss decided_at language email")
+_CLAIM_SQL = ("SELECT id, reference, status, case_id, version, ledger_account_pk, invested, "
+              "withdrawn, recognized_loss, decided_at, language, email FROM claim "
+              "WHERE reference IN ({})")
+
+
+def _read_claims(session: Session, refs: Sequence[str]) -> list[_ClaimRow]:
+    """The claims of ``refs`` (those that exist) as light rows, locked for update where
+    that means something: one statement by the driver's cursor in the session's
+    transaction (after the autoflush ``session.execute`` would do), ``decided_at`` through
+    its column type's result processing."""
+    if session.autoflush:
+        session.flush()
+    sql = _CLAIM_SQL.format(", ".join("?" * len(refs)))
+    if lock_clause(session):
+        sql += " FOR UPDATE"
+    conn = session.connection()
+    dialect = conn.dialect
+    proc = _time_processors.get(dialect.name)
+    if proc is None:
+        proc = _time_processors[dialect.name] = (
+            Claim.__table__.c.decided_at.type.dialect_impl(dialect).result_processor(dialect, None)
+            or (lambda v: v))
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(driver_sql(session, sql), tuple(refs))
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return [_ClaimRow(*r[:9], None if r[9] is None else proc(r[9]), r[10], r[11]) for r in rows]
+
+
+_time_processors: dict[str, Any] = {}
+
+
+def _reflect(session: Session, claims: Sequence[Any], values: Sequence[dict], to: str,
+             now) -> None:
+    """Reflect a group's move on the Claim objects this session has already loaded (as
+    :func:`claims.lifecycle.transition_many` does on the objects it is given), without
+    making the ORM write them again."""
+    if not session.identity_map:
+        return
+    for claim, vals in zip(claims, values):
+        obj = session.identity_map.get(session.identity_key(Claim, claim.id))
+        if obj is not None:
+            for k, v in {"status": to, "version": claim.version + 1, "updated_at": now,
+                         **vals}.items():
+                set_committed_value(obj, k, v)
+
+
+_DECISION_COLUMNS = ("id", "claim_id", "staff_id", "decision", "reason", "recognized_loss",
+                     "overridden_flags", "created_at")
+
+
+def _insert_decisions(session: Session, rows: list[dict[str, Any]], now) -> list[int]:
+    """Insert the Decision rows; their ids, in order. As :func:`claims.intake._insert_claims`
+    does for claims: the ids taken first (:func:`claims.db.next_ids`), then one ``COPY`` /
+    ``executemany`` of values bound as the column
+    types bind them (``overridden_flags`` as the JSON type's ``json.dumps`` text). Other
+    databases: ``INSERT … RETURNING``."""
+    from claims.db import next_ids
+
+    ids = next_ids(session.connection(), "decision", len(rows))
+    if ids is None:  # pragma: no cover - the project runs on SQLite and PostgreSQL
+        return list(session.execute(
+            insert(Decision).returning(Decision.id, sort_by_parameter_order=True), rows
+        ).scalars())
+    created = bind_value(session, Decision.__table__.c.created_at, now)
+    dumps = json.dumps
+    bulk_insert(session, Decision.__table__, _DECISION_COLUMNS, [
+        (did, r["claim_id"], r["staff_id"], r["decision"], r["reason"], r["recognized_loss"],
+         dumps(r["overridden_flags"]) if r["overridden_flags"] else "[]", created)
+        for did, r in zip(ids, rows)
+    ])
+    return ids
 
 
 _MOVES = {

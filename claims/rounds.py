@@ -54,9 +54,10 @@ the terminal or Prefect.
 from __future__ import annotations
 
 import re
-from collections import namedtuple
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from itertools import islice, repeat
 from typing import Any
 
 from sqlalchemy import and_, exists, func, select, update
@@ -67,13 +68,13 @@ from claims.allocation import (
     METHODS,
     PLAN_COLUMNS,
     PRO_RATA,
-    allocate,
+    allocate_columns,
     base_and_already,
     net_loss,
     plan_summary,
     settle_share,
 )
-from claims.audit import Actor
+from claims.audit import Actor, driver_sql
 from claims.cases import get_case_by_code
 from claims.db import lock_clause
 from claims.errors import Conflict, Forbidden, FourEyes, InvalidInput, NotFound, StaleRound
@@ -252,35 +253,92 @@ def payable_claims(session: Session, case_id: int) -> list[Any]:
     ).all())
 
 
-# What the solver reads of a claim (a namedtuple: 100k of them cost milliseconds).
-_Input = namedtuple("_Input", "claim_id invested withdrawn paid_before disputed")
-
 ALLOCATION_COLUMNS = ("round_id", "claim_id", "claim_version", "invested", "withdrawn",
                       "net_loss", "paid_before", "amount", "reserved", "released", "excluded")
 
 
-def bulk_insert(session: Session, table, columns: Sequence[str], rows: list[tuple],
+def bulk_insert(session: Session, table, columns: Sequence[str], rows,
                 batch_size: int = INSERT_BATCH) -> None:
-    """Write ``rows`` (tuples in ``columns`` order, plain ints, strings and None) into
-    ``table`` in the session's transaction, ``batch_size`` at a time, through
-    :func:`claims.audit.bulk_insert` (COPY on PostgreSQL, ``executemany`` elsewhere)."""
-    for start in range(0, len(rows), batch_size):
-        audit.bulk_insert(session, table, columns, rows[start:start + batch_size])
+    """Write ``rows`` (tuples in ``columns`` order, plain ints, strings and None; a list or
+    any iterable, consumed as it goes) into ``table`` in the session's transaction,
+    ``batch_size`` at a time, through :func:`claims.audit.bulk_insert` (COPY on PostgreSQL,
+    ``executemany`` elsewhere)."""
+    rows = iter(rows)
+    while True:
+        batch = list(islice(rows, batch_size))
+        if not batch:
+            return
+        audit.bulk_insert(session, table, columns, batch)
+
+
+@dataclass
+class _CaseClaims:
+    """A case's payable claims in id order, as columns (what :func:`payable_claims` gives,
+    one list per column, without a row object per claim), with the amounts the plan sees
+    (:func:`claim_amounts`) and what earlier rounds paid."""
+
+    ids: list[int]
+    references: list[str]
+    statuses: list[str]
+    versions: list[int]
+    invested: list[int]
+    withdrawn: list[int]
+    paid_before: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_PAYABLE_SQL = ("SELECT id, reference, status, version, invested, withdrawn, recognized_loss "
+                "FROM claim WHERE case_id = ? AND status IN ({}) ORDER BY id")
+_FETCH = 10_000
+
+
+def _case_claims(session: Session, case_id: int) -> _CaseClaims:
+    """:func:`payable_claims` and :func:`paid_before` as columns: the claims read by the
+    driver's cursor in the session's transaction (plain tuples, fetched in chunks and
+    turned into columns), the same rows and order as :func:`payable_claims`."""
+    if session.autoflush:
+        session.flush()  # as session.execute would (nothing is pending in prepare_round)
+    statuses = sorted(PAYABLE)
+    sql = driver_sql(session, _PAYABLE_SQL.format(", ".join("?" * len(statuses))))
+    cols: list[list] = [[] for _ in range(7)]
+    cur = session.connection().connection.driver_connection.cursor()
+    try:
+        cur.execute(sql, (case_id, *statuses))
+        while True:
+            chunk = cur.fetchmany(_FETCH)
+            if not chunk:
+                break
+            for col, values in zip(cols, zip(*chunk)):
+                col.extend(values)
+    finally:
+        cur.close()
+    ids, refs, sts, versions, inv_raw, wd_raw, recognized = cols
+    # claim_amounts, column-wise: the recognized loss is the net loss
+    wd = [w or 0 for w in wd_raw]
+    inv = [(i or 0) if r is None
+           else i if i is not None and (i - w if i > w else 0) == r
+           else w + r
+           for i, w, r in zip(inv_raw, wd, recognized)]
+    paid = paid_before(session, case_id)
+    pb = [paid.get(c, 0) for c in ids] if paid else [0] * len(ids)
+    return _CaseClaims(ids, refs, sts, versions, inv, wd, pb)
 
 
 def _solve_case(session: Session, case, pool: int, method: str, min_payout: int):
-    """The plan over the case's payable claims now: (claims, (invested, withdrawn) per claim,
-    paid_before by claim id, AllocationResult). Nothing is written."""
-    claims = payable_claims(session, case.id)
+    """The plan over the case's payable claims now: (claims as :class:`_CaseClaims`,
+    AllocationResult). Nothing is written."""
+    claims = _case_claims(session, case.id)
     if not claims:
         raise Conflict(f"case {case.code} has no approved or disputed claim to distribute to")
-    paid = paid_before(session, case.id)
     disputed = ClaimStatus.disputed.value
-    amounts = [claim_amounts(c.invested, c.withdrawn, c.recognized_loss) for c in claims]
-    inputs = [_Input(c.reference, inv, wd, paid.get(c.id, 0), c.status == disputed)
-              for c, (inv, wd) in zip(claims, amounts)]
-    # claim ids are unique in the database: no duplicate-id check needed
-    return claims, amounts, paid, allocate(inputs, pool, method, min_payout, unique_ids=True)
+    dis = [st == disputed for st in claims.statuses]
+    # claim ids are unique in the database: no duplicate-id check needed; the solver gets
+    # copies of the amount columns (its result keeps the lists it is given)
+    return claims, allocate_columns(list(claims.references), list(claims.invested),
+                                    list(claims.withdrawn), list(claims.paid_before), dis,
+                                    pool, method, min_payout, unique_ids=True)
 
 
 def preview_round(session: Session, case_code: str, pool: int, method: str = PRO_RATA,
@@ -289,11 +347,11 @@ def preview_round(session: Session, case_code: str, pool: int, method: str = PRO
     nothing is written."""
     validate_request(pool, method, min_payout)
     case = get_case_by_code(session, case_code)
-    claims, _amounts, _paid, result = _solve_case(session, case, pool, method, min_payout)
+    claims, result = _solve_case(session, case, pool, method, min_payout)
     return {**plan_summary(result), "rate_percent": rate_percent(result.rate),
             "claims": len(claims), "net_winners": result.net_winner_count,
             "de_minimis": result.excluded_count,
-            "disputed": sum(1 for c in claims if c.status == ClaimStatus.disputed.value),
+            "disputed": claims.statuses.count(ClaimStatus.disputed.value),
             "case_id": case.code, "method": method}
 
 
@@ -318,7 +376,7 @@ def prepare_round(
     case = get_case_by_code(session, case_code, for_update=True)
     superseded = _supersede_prepared(session, case.id)
     number = _next_number(session, case.id)
-    claims, amounts, paid, result = _solve_case(session, case, pool, method, min_payout)
+    claims, result = _solve_case(session, case, pool, method, min_payout)
 
     now = utcnow()
     rate = result.rate
@@ -342,21 +400,16 @@ def prepare_round(
     session.add(rnd)
     session.flush()
 
-    de_minimis: set[int] = set()
-    allocs, reserves = result.allocations, result.reserves
-    if result.excluded_count:
-        # only a claim given nothing can have been removed: look at those lines alone
-        de_minimis = {
-            i for i, (al, rs) in enumerate(zip(allocs, reserves))
-            if al == 0 and rs == 0 and result.rows[i].excluded_de_minimis
-        }
-    rid = rnd.id
-    rows = []
-    for i, (c, (inv, wd), al, rs) in enumerate(zip(claims, amounts, allocs, reserves)):
-        loss = inv - wd if inv > wd else 0
-        excluded = "net_winner" if loss == 0 else ("de_minimis" if i in de_minimis else None)
-        rows.append((rid, c.id, c.version, inv, wd, loss, paid.get(c.id, 0), al, rs, 0,
-                     excluded))
+    # one row per payable claim: net winners (net loss 0) and de minimis removals marked
+    loss = result.net_losses
+    excluded: list[str | None] = [None if l_ else "net_winner" for l_ in loss]
+    for i in result.excluded_indices:  # removed claims were given nothing (loss > 0)
+        if loss[i]:
+            excluded[i] = "de_minimis"
+    n = len(claims)
+    rows = zip(repeat(rnd.id, n), claims.ids, claims.versions, claims.invested,
+               claims.withdrawn, loss, claims.paid_before, result.allocations, result.reserves,
+               repeat(0, n), excluded)
     bulk_insert(session, Allocation.__table__, ALLOCATION_COLUMNS, rows, batch_size)
 
     events = [
@@ -503,16 +556,14 @@ def _notify_allocated(session: Session, rnd: DistributionRound,
     if claim_ids is not None:
         stmt = stmt.where(Claim.id.in_(list(claim_ids)))
     sent = 0
-    batch: list = []
-    for row in session.execute(stmt):
-        batch.append((row, "allocated",
-                      {"amount": format_amount(row.amount), "rate_percent": percent,
-                       "round": rnd.number}, None))
-        if len(batch) >= INSERT_BATCH:
-            sent += outbox.enqueue_many(session, batch)
-            batch = []
-    if batch:
-        sent += outbox.enqueue_many(session, batch)
+    result = session.execute(stmt)
+    while batch := result.fetchmany(INSERT_BATCH):
+        sent += outbox.enqueue_rows(session, [
+            (cid, "allocated", language, email, outbox.context_text(
+                reference, {"amount": format_amount(amount), "rate_percent": percent,
+                            "round": rnd.number}))
+            for cid, reference, language, email, amount in batch
+        ])
     return sent
 
 

@@ -692,3 +692,57 @@ def test_remainder_ties_by_id_as_strings_few_or_many(n, pool):
     res = allocate(mixed, pool, "rising-tide")
     _, expected, _ = ref_allocate(mixed, pool, "rising-tide", 0)
     assert shares(res) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# allocate_columns (a round's claims as columns) is allocate on the same claims
+# --------------------------------------------------------------------------------------------
+
+
+def _as_columns(claims, *, optional: bool = True):
+    pb = [c.paid_before for c in claims]
+    dis = [c.disputed for c in claims]
+    return ([c.claim_id for c in claims], [c.invested for c in claims],
+            [c.withdrawn for c in claims],
+            None if optional and not any(pb) else pb, None if optional and not any(dis) else dis)
+
+
+@FAST
+@given(claim_sets(), st.integers(0, 300), methods, st.integers(0, 12), st.booleans())
+def test_columns_give_the_same_plan(claims, pool, method, min_payout, optional):
+    a = allocate(claims, pool, method, min_payout)
+    b = allocation.allocate_columns(*_as_columns(claims, optional=optional), pool, method,
+                                    min_payout, unique_ids=True)
+    assert list(b.rows) == list(a.rows) and b.rate == a.rate
+    assert (b.allocated, b.reserved, b.undistributed) == (a.allocated, a.reserved, a.undistributed)
+    assert b.net_losses == [r.net_loss for r in a.rows]
+    assert b.excluded_indices == {i for i, r in enumerate(a.rows) if r.excluded_de_minimis}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_columns_give_the_same_plan_larger(seed):
+    rnd = random.Random(1000 + seed)
+    claims = [C(f"c{k}", inv, rnd.randint(0, inv * 2) if rnd.random() < 0.8 else 0,
+                rnd.randint(0, inv // 2) if rnd.random() < 0.4 else 0, rnd.random() < 0.1)
+              for k, inv in enumerate(rnd.randint(1, 10**7) for _ in range(3000))]
+    for method in ("pro-rata", "rising-tide"):
+        for min_payout in (0, 50_000):
+            pool = rnd.randint(1, 10**9)
+            a = allocate(claims, pool, method, min_payout)
+            b = allocation.allocate_columns(*_as_columns(claims), pool, method, min_payout)
+            assert list(b.rows) == list(a.rows) and b.rate == a.rate
+
+
+def test_columns_keep_the_checks():
+    with pytest.raises(TypeError):
+        allocation.allocate_columns(["A"], [1.5], [0], None, None, 1)
+    with pytest.raises(ValueError):
+        allocation.allocate_columns(["A"], [-1], [0], None, None, 1)
+    with pytest.raises(ValueError, match="duplicate"):
+        allocation.allocate_columns(["A", "A"], [1, 2], [0, 0], None, None, 1)
+    with pytest.raises(ValueError, match="unknown method"):
+        allocation.allocate_columns(["A"], [1], [0], None, None, 1, "equal")
+    with pytest.raises(TypeError, match="pool"):
+        allocation.allocate_columns(["A"], [1], [0], None, None, 1.0)
+    with pytest.raises(ValueError, match="lengths"):
+        allocation.allocate_columns(["A", "B"], [1], [0], None, None, 1)

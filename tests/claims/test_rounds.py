@@ -470,6 +470,57 @@ def test_round_view_and_csv_match_the_solver(w, cw, engine):
     assert len(text.splitlines()) == 6
 
 
+@pytest.mark.parametrize("method", ["pro-rata", "rising-tide"])
+def test_stored_rows_are_the_solve_of_the_claims_as_records(w, cw, engine, method):
+    """Every allocation row is what allocate() gives for the case's payable claims taken one
+    record each (claim_amounts, paid_before of the counting rounds, disputed reserved): net
+    winners, de minimis removals, overridden and unmatched amounts, a later round's catch-up.
+    """
+    code = w.case(f"records-{method}")
+    w.claim(code, "1000", "0")
+    w.claim(code, "1000", "400")
+    w.claim(code, "300", "450")  # net winner
+    w.claim(code, "800", "200", recognized="500")  # overridden: invested = 200 + 500
+    w.claim(code, "2", "0")  # de minimis
+    w.claim(code, "500", "100", status="disputed")
+    w.claim(code, "700", "0", status="rejected")  # not payable
+    with session_scope(engine) as s:  # approved without a ledger match (no invested/withdrawn)
+        s.execute(update(Claim).where(Claim.reference == w.claim(code, "650", "0"))
+                  .values(invested=None, withdrawn=None))
+    first = w.prepare(code, "400", method, "1", actor=cw[0])
+    w.approve(first, actor=cw[1])
+    late = w.claim(code, "900", "0")  # a late claim catches up in the next round
+    second = w.prepare(code, "600", method, "3", actor=cw[0])
+    with session_scope(engine, write=False) as s:
+        claims = s.execute(select(Claim).where(Claim.status.in_(("approved", "disputed")))
+                           .order_by(Claim.id)).scalars().all()
+        stored = {a.claim_id: a for a in s.execute(
+            select(Allocation).where(Allocation.round_id == second)).scalars()}
+        before = {a.claim_id: a.amount for a in s.execute(
+            select(Allocation).where(Allocation.round_id == first)).scalars()}
+    records = []
+    for c in claims:
+        inv, wd = rounds.claim_amounts(c.invested, c.withdrawn, c.recognized_loss)
+        records.append(ClaimInput(c.reference, inv, wd, before.get(c.id, 0),
+                                  c.status == "disputed"))
+    solved = allocate(records, U("600"), method, U("3"))
+    assert [c.id for c in claims] == sorted(stored) and late in {c.reference for c in claims}
+    for c, rec, row in zip(claims, records, solved.rows):
+        a = stored[c.id]
+        assert (a.claim_version, a.invested, a.withdrawn, a.net_loss, a.paid_before, a.amount,
+                a.reserved, a.released) == (c.version, rec.invested, rec.withdrawn,
+                                            row.net_loss, rec.paid_before, row.allocation,
+                                            row.reserved, 0)
+        assert a.excluded == ("net_winner" if row.net_winner else
+                              "de_minimis" if row.excluded_de_minimis else None)
+    assert {a.excluded for a in stored.values()} == {"net_winner", "de_minimis", None}
+    rnd = w.round(second)
+    assert (rnd.allocated, rnd.reserved, rnd.undistributed, rnd.claims_count) == (
+        solved.allocated, solved.reserved, solved.undistributed, len(claims))
+    assert rnd.rate == f"{solved.rate.numerator}/{solved.rate.denominator}"
+    w.check_all_rounds()
+
+
 def test_many_claims_in_batches(w, cw, engine):
     """A few thousand claims written in small insert batches; one grouped paid_before."""
     code = w.case("many")
