@@ -253,11 +253,12 @@ def main() -> None:
     grown_full = full["peak_rss_mb"] - full["rss_before_mb"]
     grown_quarter = quarter["peak_rss_mb"] - quarter["rss_before_mb"]
     # What the import may hold whatever the file size: the connection's SQLite page cache
-    # (claims.db.SQLITE_CACHE_KIB; SQLite's sorters may use as much again before they spill to
-    # disk), 5 x 8,192 cached values, one row at a time, 1 MiB read buffers.
-    from claims.db import SQLITE_CACHE_KIB
+    # (claims.db.SQLITE_BULK_CACHE_KIB while it imports; SQLite's sorters may use as much
+    # again before they spill to disk), 5 x 8,192 cached values, one row at a time, 1 MiB read
+    # buffers.
+    from claims.db import SQLITE_BULK_CACHE_KIB
 
-    cap = 2 * SQLITE_CACHE_KIB // 1024 + 50
+    cap = 2 * SQLITE_BULK_CACHE_KIB // 1024 + 50
     if mem_growth <= max(16.0, 0.25 * grown_full):
         verdict = "flat"
     elif grown_full <= cap:

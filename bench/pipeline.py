@@ -15,7 +15,8 @@ EVM chain is measured by ``bench/payouts.py``). In a fresh temporary directory (
 database, Maildir), through the domain functions directly (no HTTP):
 
  1. case + ledger import       ``claims.cases.create_case``, ``claims.ledger.import_ledger``
- 2. bulk filing                 ``claims.intake.prepare`` + ``file_many`` (1,000 a transaction)
+ 2. bulk filing                 ``claims.intake.import_rows``, as ``restitution claims import``
+                                does (10,000 a transaction)
  3. verification                ``claims.verification.run_verification``
  4. caseworker decisions        ``claims.review.decide_many`` on every flagged claim, 500 at a
                                 time (the bulk action of ``POST /api/v1/review/decisions``)
@@ -58,13 +59,22 @@ sys.path.insert(0, str(ROOT))
 
 CODE = "bench-pipeline"
 POOL = 545_000 * 1_000_000  # micro-USDT
-FILE_CHUNK = 1000
 DECIDE_CHUNK = 500
 FLOW_STAGES = ("verification", "round prepare", "execute payouts", "notifications")
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def written_bytes() -> int:
+    """Bytes this process has written so far (Linux ``/proc/self/io`` wchar; 0 elsewhere):
+    SQLite's WAL frames and checkpoints, so a stage's write amplification shows."""
+    try:
+        with open("/proc/self/io") as f:
+            return int(next(line for line in f if line.startswith("wchar:")).split()[1])
+    except (OSError, StopIteration):
+        return 0
 
 
 def use_database(url: str, maildir: Path) -> None:
@@ -116,27 +126,30 @@ def setup_case(engine, code: str, ledger_csv: str) -> dict:
     return {"actors": actors, "ledger": result}
 
 
+def csv_row(filing: dict) -> dict[str, str]:
+    """A victim's filing as a row of the claims CSV (``restitution claims import``'s format:
+    the API's fields as cells, evidence joined by ``;``)."""
+    row = {}
+    for name, value in filing.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = ";".join(value)
+        row[name] = str(value)
+    return row
+
+
 def file_claims(engine, code: str, victims) -> int:
-    """Every victim files (as corrected) in bulk, FILE_CHUNK per transaction — as
-    ``restitution claims import`` does (``claims.intake.import_rows``: the operator files, one
-    audit append per chunk)."""
+    """Every victim files (as corrected) in bulk, as ``restitution claims import`` does
+    (``claims.intake.import_rows``: 10,000 a transaction, one audit append per chunk)."""
     from claims import intake
     from claims.audit import Actor
-    from claims.db import session_scope
 
-    operator = Actor.operator()
-
-    filed = 0
-    for lo in range(0, len(victims), FILE_CHUNK):
-        prepared = [intake.prepare(v.filing(code)) for v in victims[lo:lo + FILE_CHUNK]]
-        with intake.write_gate(engine), session_scope(engine) as s:
-            case = intake.open_case(s, code)
-            results = intake.file_many(s, case, prepared, source="import", actor=operator)
-        bad = [r for r in results if not isinstance(r, intake.Filed)]
-        if bad:
-            raise RuntimeError(f"{len(bad)} filings refused, e.g. {bad[0]}")
-        filed += len(results)
-    return filed
+    rows = ((i + 2, csv_row(v.filing(code))) for i, v in enumerate(victims))
+    outcome = intake.import_rows(code, rows, engine=engine, actor=Actor.operator())
+    if outcome.rejected:
+        raise RuntimeError(f"{len(outcome.rejected)} filings refused, e.g. {outcome.rejected[0]}")
+    return len(outcome.filed)
 
 
 def decision_for(item: dict) -> dict:
@@ -266,16 +279,17 @@ class Clock:
         self.restart()
 
     def mark(self, name: str, detail: str = "") -> None:
-        now, cpu = time.perf_counter(), time.process_time()
+        now, cpu, wrote = time.perf_counter(), time.process_time(), written_bytes()
         self.stages[name] = {"seconds": now - self.t, "cpu": cpu - self.cpu, "rss_mb": rss_mb(),
-                             "detail": detail}
+                             "written_gb": (wrote - self.wrote) / 1e9, "detail": detail}
         if not self.quiet:
-            print(f"  [{self.label}] {name}: {now - self.t:.2f} s (CPU {cpu - self.cpu:.2f} s)"
-                  f"  {detail}", file=sys.stderr, flush=True)
+            print(f"  [{self.label}] {name}: {now - self.t:.2f} s (CPU {cpu - self.cpu:.2f} s, "
+                  f"wrote {(wrote - self.wrote) / 1e9:.2f} GB)  {detail}", file=sys.stderr,
+                  flush=True)
         self.restart()
 
     def restart(self) -> None:
-        self.t, self.cpu = time.perf_counter(), time.process_time()
+        self.t, self.cpu, self.wrote = time.perf_counter(), time.process_time(), written_bytes()
 
 
 def run_rest(clock: Clock, engine, actors: dict, maildir: Path, *, flows: bool,

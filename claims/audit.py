@@ -210,9 +210,12 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
                 f'{json_str(subject_id)}{p[2]}')
         h = digest(mac_key, (prev + body).encode(), "sha256").hex()
         out.append((next_id, at_db, actor, role, action, subject_type, subject_id, before, after,
-                    prev, h))
+                    prev, h, None))
         prev = h
         next_id += 1
+    claims = _claim_pks(session, {r[4] for r in rows if r[3] == "claim"})
+    if claims:
+        out = [o if o[5] != "claim" else (*o[:-1], claims.get(o[6])) for o in out]
     bulk_insert(session, AuditEvent.__table__, _EVENT_COLUMNS, out)
     session.execute(
         update(AuditHead)
@@ -225,7 +228,27 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
 
 
 _EVENT_COLUMNS = ("id", "occurred_at", "actor", "role", "action", "subject_type", "subject_id",
-                  "before", "after", "prev_hash", "hash")
+                  "before", "after", "prev_hash", "hash", "claim_pk")
+_CLAIM_PKS = None
+
+
+def _claim_pks(session: Session, references: set[str]) -> dict[str, int]:
+    """The ids of the claims ``references`` name (an event's ``claim_pk``: see the model)."""
+    global _CLAIM_PKS
+    if not references:
+        return {}
+    if _CLAIM_PKS is None:
+        from sqlalchemy import bindparam
+
+        from claims.models import Claim
+
+        _CLAIM_PKS = select(Claim.reference, Claim.id).where(
+            Claim.reference.in_(bindparam("refs", expanding=True)))
+    refs = list(references)
+    out: dict[str, int] = {}
+    for i in range(0, len(refs), 1000):
+        out.update(session.execute(_CLAIM_PKS, {"refs": refs[i:i + 1000]}).all())
+    return out
 
 
 # ------------------------------------------------------------------ bulk writes (hot paths)

@@ -470,27 +470,20 @@ def file_many(
 def _insert_claims(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Insert claim rows (the same keys in each); their ids, in order.
 
-    The ids are taken first — from the table's sequence on PostgreSQL, after the largest id
-    on SQLite (whose write transaction holds the database's write lock, so nobody else
-    inserts meanwhile: they are the ids SQLite would give) — and the rows written by
+    The ids are taken first (:func:`claims.db.next_ids`) and the rows written by
     :func:`claims.audit.bulk_insert` (``COPY`` / one ``executemany``), their values bound by
     each column type's own bind processing: the rows stored are those of an ORM insert,
     without ``INSERT … RETURNING``'s per-row parameter handling (on psycopg, ~0.15 ms a
     row). Other databases: ``INSERT … RETURNING``."""
     if not rows:
         return []
+    from claims.db import next_ids
+
     conn = session.connection()
     dialect = conn.dialect
     table = Claim.__table__
-    if dialect.name == "postgresql":
-        seq = _claim_id_sequence(conn)
-        ids = list(conn.exec_driver_sql(
-            "SELECT nextval(%(seq)s::regclass) FROM generate_series(1, %(n)s)",
-            {"seq": seq, "n": len(rows)}).scalars())
-    elif dialect.name == "sqlite":
-        last = conn.exec_driver_sql("SELECT max(id) FROM claim").scalar()
-        ids = list(range((last or 0) + 1, (last or 0) + 1 + len(rows)))
-    else:  # pragma: no cover - the project runs on SQLite and PostgreSQL
+    ids = next_ids(conn, table.name, len(rows))
+    if ids is None:  # pragma: no cover - the project runs on SQLite and PostgreSQL
         return _insert_claims_returning(session, rows)
     names = list(rows[0])
     # Column by column (each value through its column's bind processing), then row tuples.
@@ -516,17 +509,7 @@ def _insert_claims_returning(session: Session, rows: list[dict[str, Any]]) -> li
     return ids
 
 
-_claim_sequences: dict[str, str] = {}
 _processors: dict[tuple[str, tuple[str, ...]], list] = {}
-
-
-def _claim_id_sequence(conn) -> str:
-    key = conn.engine.url.render_as_string(hide_password=True)
-    seq = _claim_sequences.get(key)
-    if seq is None:
-        seq = conn.exec_driver_sql("SELECT pg_get_serial_sequence('claim', 'id')").scalar_one()
-        _claim_sequences[key] = seq
-    return seq
 
 
 def _bind_processors(session: Session, names: list[str]) -> list:
@@ -1098,7 +1081,8 @@ def status_view(session: Session, claim: Claim) -> dict[str, Any]:
     timeline = []
     for at, action, before, after in session.execute(
         select(AuditEvent.occurred_at, AuditEvent.action, AuditEvent.before, AuditEvent.after)
-        .where(AuditEvent.subject_type == "claim", AuditEvent.subject_id == claim.reference)
+        .where(AuditEvent.claim_pk == claim.id, AuditEvent.subject_type == "claim",
+               AuditEvent.subject_id == claim.reference)
         .order_by(AuditEvent.id)
     ):
         event = _timeline_event(action, before, after)
@@ -1440,13 +1424,18 @@ def import_rows(
     *,
     engine: Engine | None = None,
     actor: Actor | None = None,
-    chunk_size: int = 1000,
+    chunk_size: int = 10_000,
     on_chunk=None,
 ) -> ImportOutcome:
     """File CSV rows ``(line, row)`` for case ``code`` by the API's rules (the same
     :func:`prepare` and :func:`file_many`): bad rows are refused by line and skipped, good
     rows filed in bulk, one transaction per ``chunk_size`` rows. ``on_chunk(filed)`` is
     called after each committed chunk with its ``(line, reference, token)`` triples.
+
+    10,000 rows a transaction, not fewer: each commit writes every index page it dirtied,
+    and a claim dirties a page in each of its random-key indexes (reference, IIN hash, name,
+    e-mail, address) — 1,000 a commit wrote 9.3 GB for 300k claims, 10,000 wrote 2.8 GB, and
+    cost 16 % less CPU. A chunk holds the write lock for about a second.
 
     An unknown or closed case raises :class:`InvalidInput` naming ``case_id`` before anything
     is filed.

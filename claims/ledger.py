@@ -577,12 +577,14 @@ def _import(
     progress_every: int,
 ) -> ImportResult:
     from claims.cases import get_case_by_code
+    from claims.db import bulk_cache
     from claims.settings import get_settings
 
     # Lock the case: imports of one case are serialized (PostgreSQL; SQLite's IMMEDIATE
     # transaction already serializes writers), so "rows with id > max" are this import's.
     case = get_case_by_code(session, case_code, for_update=True)
     case_id = case.id
+    bulk_cache(session)
     rules = _Rules(get_settings().pii_key)
     raw, stream, to_close, file_name = _open(file)
     try:
@@ -872,13 +874,16 @@ def _store(
             "ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
         ), new).rowcount
     # ... and the identity values of the accounts, from the runs (ON CONFLICT: the values of
-    # rows stored before are there already).
+    # rows stored before are there already). GROUP BY, not DISTINCT: SQLite makes DISTINCT a
+    # temporary B-tree in the temp database, whose small cache spills (1M accounts: 26 → 15
+    # CPU s, 14.4 → 0.8 GB written); GROUP BY and ORDER BY share one sort.
     for kind, column in (("iin", "iin_hash"), ("email", "email"), ("phone", "phone"),
                          ("wallet", "wallet_key")):
         identifiers_added += conn.execute(text(
             f"INSERT INTO ledger_identifier (case_id, kind, value, account_pk) "
-            f"SELECT DISTINCT :c, '{kind}', {column}, account_pk FROM ledger_ident "
-            f"WHERE {column} IS NOT NULL ORDER BY {column}, account_pk "
+            f"SELECT :c, '{kind}', {column}, account_pk FROM ledger_ident "
+            f"WHERE {column} IS NOT NULL GROUP BY {column}, account_pk "
+            f"ORDER BY {column}, account_pk "
             f"ON CONFLICT (case_id, kind, value, account_pk) DO NOTHING"
         ), p).rowcount
 

@@ -403,3 +403,59 @@ def test_group_commit_refiles_one_by_one_when_the_batch_fails(case, engine, monk
 
     a, b = asyncio.run(go())  # the batch's first reference collides: each is filed again alone
     assert {a.reference, b.reference} <= {f"KZR-0000-000{i}" for i in range(1, 9)}
+
+
+def test_a_claims_events_carry_its_id_and_make_its_timeline(engine, case):
+    """Audit events about a claim are found by the claim's id (``claim_pk``, written with the
+    event), so the status page's timeline lists that claim's events and no other's."""
+    from claims.audit import Actor
+    from claims.db import session_scope
+    from claims.models import AuditEvent, Claim
+
+    with session_scope(engine) as s:
+        first = intake.file_claim(s, intake.prepare(data(1)))
+        second = intake.file_claim(s, intake.prepare(data(2)))
+        c = intake.open_case(s, CASE)
+        intake.file_many(s, c, [intake.prepare(data(3))], source="import",
+                         actor=Actor.operator())
+    with session_scope(engine) as s:
+        rows = s.execute(select(AuditEvent.subject_id, AuditEvent.claim_pk)
+                         .where(AuditEvent.subject_type == "claim")).all()
+        ids = dict(s.execute(select(Claim.reference, Claim.id)).all())
+        assert len(rows) == 3 and all(pk == ids[ref] for ref, pk in rows)
+        other = s.execute(select(AuditEvent.claim_pk)
+                          .where(AuditEvent.subject_type != "claim")).scalars().all()
+        assert other and set(other) == {None}
+        claim = s.get(Claim, first.claim_id)
+        view = intake.status_view(s, claim)
+        assert [e["event"] for e in view["timeline"]] == ["filed"]
+        assert second.claim_id != first.claim_id
+
+
+def test_migration_0003_derives_claim_ids_of_earlier_events(tmp_path):
+    """A database from before 0003 gets ``claim_pk`` filled from the events' references."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from claims.db import alembic_config, ensure_schema, make_engine, session_scope
+
+    from claims.cases import create_case
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    ensure_schema(engine)
+
+    with session_scope(engine) as s:
+        create_case(s, CASE, "Unit")
+        filed = intake.file_claim(s, intake.prepare(data(1)))
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    with engine.begin() as conn:
+        assert "claim_pk" not in {c["name"] for c in inspect(conn).get_columns("audit_event")}
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT claim_pk FROM audit_event WHERE subject_type = 'claim'")
+                            ).scalars().all() == [filed.claim_id]
+    engine.dispose()
