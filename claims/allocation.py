@@ -64,9 +64,7 @@ ids are keys already (a round's claims) so the duplicate check's set is not buil
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-import gc
 from fractions import Fraction
 import math
 from math import gcd
@@ -75,6 +73,7 @@ from itertools import compress, repeat
 from operator import add, attrgetter, eq, floordiv, gt, mod, mul, sub, truediv
 from typing import Any
 
+from claims.gc_pause import gc_paused
 from claims.money import format_amount, format_rate
 
 PRO_RATA = "pro-rata"
@@ -313,22 +312,8 @@ def allocate(
     duplicate check — a set of every id, a sixth of a 1M-claim solve — is skipped.
     """
     _check_method(method)
-    with _gc_paused():
+    with gc_paused():
         return _allocate(claims, pool, method, min_payout, unique_ids)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a solve: it creates no reference cycles, but its
-    few thousand small containers (samples, heap entries) would set off full collections
-    that walk every live object of the caller (a million input records: ~0.1 s each)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def allocate_columns(
@@ -349,7 +334,7 @@ def allocate_columns(
     claim is built. Same rules, checks and result as :func:`allocate` on the same claims.
     The lists become the result's (the caller must not change them afterwards)."""
     _check_method(method)
-    with _gc_paused():
+    with gc_paused():
         _check_pool(pool, min_payout)
         n = len(ids)
         pb = [0] * n if paid_before is None else paid_before

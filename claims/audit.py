@@ -167,23 +167,29 @@ def record_texts(
     action: str,
     subject_type: str,
     items: Iterable[tuple[str, str, str]],
+    claim_pks: Sequence[int] | None = None,
 ) -> range:
     """Append events of one actor, action and subject type, whose ``before``/``after`` are
     given already as :func:`canonical_text` of JSON-native values: ``items`` are
     ``(subject_id, before_text, after_text)`` (``"null"`` for none). The bulk form of
     :func:`record` for hot paths (a batch of claims): the event and its hash are exactly
-    what :func:`record` would write for the same values. Returns the new ids."""
+    what :func:`record` would write for the same values. ``claim_pks``: as for
+    :func:`record_rows`. Returns the new ids."""
     name, role = actor.name, actor.role
     return record_rows(session, [(name, role, action, subject_type, sid, b, a)
-                                 for sid, b, a in items])
+                                 for sid, b, a in items], claim_pks)
 
 
-def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str, str]]) -> range:
+def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str, str]],
+                claim_pks: Sequence[int] | None = None) -> range:
     """Append events given as ``(actor name, actor role, action, subject_type, subject_id,
     before_text, after_text)`` rows, the texts as :func:`record_texts` takes them: the bulk
     form of :func:`record_each` for hot paths whose events have different actors (a batch of
     claims, each filed by its claimant). One head lock, one bulk insert, one head update for
-    the lot; returns the new ids."""
+    the lot; returns the new ids.
+
+    ``claim_pks``, aligned with ``rows``: the ids of the claims that events of subject
+    ``claim`` are about, when the caller has them (else they are looked up by reference)."""
     if not rows:
         return range(0)
     head = _lock_head(session)
@@ -213,8 +219,9 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
                     prev, h, None))
         prev = h
         next_id += 1
-    claims = _claim_pks(session, {r[4] for r in rows if r[3] == "claim"})
-    if claims:
+    if claim_pks is not None:
+        out = [o if o[5] != "claim" else (*o[:-1], pk) for o, pk in zip(out, claim_pks)]
+    elif claims := _claim_pks(session, {r[4] for r in rows if r[3] == "claim"}):
         out = [o if o[5] != "claim" else (*o[:-1], claims.get(o[6])) for o in out]
     bulk_insert(session, AuditEvent.__table__, _EVENT_COLUMNS, out)
     session.execute(

@@ -55,6 +55,7 @@ from claims.crypto import (
     mask_iin,
     new_code,
     new_token,
+    new_tokens,
     pii_hash,
     token_hash,
     token_matches,
@@ -68,6 +69,7 @@ from claims.errors import (
     NotFound,
     TooManyAttempts,
 )
+from claims.gc_pause import gc_paused
 from claims.models import (
     AddressChange,
     Allocation,
@@ -309,7 +311,7 @@ def file_claim(
             session, ticket, 201,
             {"reference": reference, "status": row["status"], "warnings": prepared.warnings},
         )
-    _record_events(session, [_filed_event(Actor.claimant(reference), row, case.code)])
+    _record_events(session, [_filed_event(Actor.claimant(reference), row, case.code, claim_id)])
     return filed
 
 
@@ -343,10 +345,11 @@ def _queue_received(session: Session, filed: Sequence[Filed]) -> None:
     ])
 
 
-def _filed_event(actor: Actor, row: Mapping[str, Any], case_code: str) -> tuple[str, ...]:
+def _filed_event(actor: Actor, row: Mapping[str, Any], case_code: str,
+                 claim_id: int) -> tuple[Any, ...]:
     """The ``claim.filed`` audit event of a claim row, as :func:`claims.audit.record_rows`
-    takes it (its ``after`` holds JSON-native values only: their canonical text is written
-    directly)."""
+    takes it, followed by the claim's id (its ``after`` holds JSON-native values only: their
+    canonical text is written directly)."""
     # No personal data in the trail beyond what staff need to follow it.
     after = {
         "status": row["status"],
@@ -357,7 +360,7 @@ def _filed_event(actor: Actor, row: Mapping[str, Any], case_code: str) -> tuple[
         "language": row["language"],
     }
     return (actor.name, actor.role, "claim.filed", "claim", row["reference"], "null",
-            audit.canonical_text(after))
+            audit.canonical_text(after), claim_id)
 
 
 def file_claim_tx(
@@ -403,7 +406,7 @@ def file_many(
     idempotency keys completed in the same transaction. ``check_references=False`` skips the
     query that makes sure the random references are new (a collision then fails the insert
     with ``IntegrityError``: for callers that retry, such as :class:`GroupCommit`).
-    ``audit_events``: a list the audit events (:func:`claims.audit.record_rows`'s rows) are
+    ``audit_events``: a list the audit events (:func:`_filed_event`'s) are
     added to instead of being written — the caller writes them (:func:`_record_events`) later
     in the same transaction.
     """
@@ -434,8 +437,8 @@ def file_many(
     now = utcnow()
     rows: dict[int, dict[str, Any]] = {}
     tokens: dict[int, str] = {}
-    for i, ref in zip(todo, refs):
-        tokens[i] = new_token()
+    for i, ref, token in zip(todo, refs, new_tokens(len(todo))):
+        tokens[i] = token
         rows[i] = _claim_row(case, prepared[i], ref, tokens[i], source, now)
         ticket = tickets[i]
         if ticket is not None:
@@ -458,7 +461,7 @@ def file_many(
         results[i] = f
         filed.append(f)
     _queue_received(session, filed)
-    events = [_filed_event(actor or Actor.claimant(f.reference), f.row, case.code)
+    events = [_filed_event(actor or Actor.claimant(f.reference), f.row, case.code, f.claim_id)
               for f in filed]
     if audit_events is not None:
         audit_events.extend(events)
@@ -524,10 +527,10 @@ def _bind_processors(session: Session, names: list[str]) -> list:
 
 
 def _record_events(session: Session, events: list[tuple]) -> None:
-    """Audit events (:func:`claims.audit.record_rows`'s rows, e.g. :func:`_filed_event`) in
-    order: one chain append for the lot."""
+    """Audit events (:func:`_filed_event`'s: a row of :func:`claims.audit.record_rows` and
+    the claim's id) in order: one chain append for the lot."""
     if events:
-        audit.record_rows(session, events)
+        audit.record_rows(session, [e[:7] for e in events], [e[7] for e in events])
 
 
 # ----------------------------------------------------------------------------- group commit
@@ -1418,6 +1421,7 @@ def csv_row_to_data(row: Mapping[str, str], code: str) -> dict[str, Any]:
     return data
 
 
+@gc_paused()
 def import_rows(
     code: str,
     rows: Iterable[tuple[int, Mapping[str, str]]],

@@ -101,6 +101,7 @@ from sqlmodel import Session
 from claims import audit
 from claims.audit import Actor
 from claims.errors import LedgerImportError, NotFound
+from claims.gc_pause import gc_paused
 from claims.models import LedgerAccount
 
 __all__ = [
@@ -568,6 +569,7 @@ def import_ledger(
         return _import(session, case_code, file, actor, progress, progress_every)
 
 
+@gc_paused()
 def _import(
     session: Session,
     case_code: str,

@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
@@ -205,7 +205,8 @@ def apply_transition(
             f"{len(items) - changed} claim(s) changed meanwhile; batch refused"
         )
     audit.record_texts(session, actor, action, "claim",
-                       [(c.reference, b, a) for c, _v, b, a in items])
+                       [(c.reference, b, a) for c, _v, b, a in items],
+                       [c.id for c, *_ in items])
     if to in PAYABLE or srcs & PAYABLE:
         for case_id in sorted({c.case_id for c, *_ in items}):
             mark_rounds_stale(session, case_id, actor=actor, because=f"{len(items)} claims")

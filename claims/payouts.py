@@ -88,6 +88,7 @@ from claims.errors import (
     PayoutAlreadyTriggered,
     PayoutError,
 )
+from claims.gc_pause import gc_paused
 from claims.lifecycle import PAYABLE
 from claims.models import (
     Allocation,
@@ -258,6 +259,7 @@ def paid_context(amount: int, tx_id: str, network: str, chain_id: int | None,
 # ------------------------------------------------------------------ release
 
 
+@gc_paused()
 def release_round(
     session: Session, round_id: object, *, actor: Actor, idempotency_key: str | None = None
 ) -> dict[str, Any]:
@@ -1201,6 +1203,7 @@ class RoundRun:
             self.result.add(out)
         return out
 
+    @gc_paused()
     def custodian_batch(self) -> dict[str, int] | None:
         """Export one batch of pending custodian payouts; None when none is left."""
         from claims.rails import custodian

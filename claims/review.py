@@ -42,6 +42,7 @@ from claims import lifecycle, outbox
 from claims.audit import Actor, bind_value, bulk_insert, driver_sql, json_str
 from claims.db import lock_clause
 from claims.errors import IllegalTransition, InvalidInput, NotFound
+from claims.gc_pause import gc_paused
 from claims.models import (
     FLAG_CODES,
     Case,
@@ -353,6 +354,7 @@ def decide(
 MAX_BATCH = 500
 
 
+@gc_paused()
 def decide_many(session: Session, decisions: Sequence[dict], *, actor: Actor) -> list[dict]:
     """Several decisions at once (a caseworker's bulk action on the queue), all or none:
     each item is ``{"reference", "decision", "reason", "recognized_loss"?}`` under the same

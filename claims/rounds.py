@@ -78,6 +78,7 @@ from claims.audit import Actor, driver_sql
 from claims.cases import get_case_by_code
 from claims.db import lock_clause
 from claims.errors import Conflict, Forbidden, FourEyes, InvalidInput, NotFound, StaleRound
+from claims.gc_pause import gc_paused
 from claims.lifecycle import PAYABLE
 from claims.models import (
     Allocation,
@@ -355,6 +356,7 @@ def preview_round(session: Session, case_code: str, pool: int, method: str = PRO
             "case_id": case.code, "method": method}
 
 
+@gc_paused()
 def prepare_round(
     session: Session,
     case_code: str,

@@ -105,11 +105,9 @@ so two concurrent runs never decide a claim twice; on SQLite the write transacti
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import String, bindparam, func, literal_column, select, type_coerce, update
@@ -118,6 +116,7 @@ from sqlmodel import Session
 from claims import audit, lifecycle, outbox
 from claims.audit import Actor, canonical_text
 from claims.audit import json_str as _json_str
+from claims.gc_pause import gc_paused
 from claims.models import (
     BlockedAddress,
     Claim,
@@ -234,21 +233,6 @@ def add_counts(total: dict, part: dict) -> dict:
     return total
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during one batch: a batch allocates tens of thousands of
-    short-lived objects (ORM rows, audit dicts) and the collector's passes over them cost
-    10–20 % of the time. Whatever cyclic garbage there is gets collected after the batch;
-    the collector's previous state is restored."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _in(session: Session, column, values: Sequence):
     """``column IN (values)``. On SQLite a long list goes as one JSON parameter
     (``IN (SELECT value FROM json_each(?))``): SQLAlchemy's per-value expansion of a
@@ -341,7 +325,8 @@ def _apply_transition(
             f"{len(items) - changed} claim(s) changed meanwhile; batch refused"
         )
     audit.record_texts(session, actor, action, "claim",
-                       [(c.reference, b, a) for c, _v, b, a in items])
+                       [(c.reference, b, a) for c, _v, b, a in items],
+                       [c.id for c, *_ in items])
     if to in lifecycle.PAYABLE or set(by_src) & lifecycle.PAYABLE:
         for case_id in sorted({c.case_id for c, *_ in items}):
             lifecycle.mark_rounds_stale(session, case_id, actor=actor,
@@ -559,7 +544,7 @@ def match_batch(session: Session, claim_ids: Iterable[int], *, actor: Actor | No
     """Step 1 on a batch: ``submitted → verifying`` and the ledger match stored on every
     pending claim of ``claim_ids`` (others are ignored). Returns counts."""
     session.flush()  # the batch reads through the connection (no autoflush): flush once
-    with _gc_paused():
+    with gc_paused():
         return _match_batch(session, claim_ids, actor or default_actor())
 
 
@@ -727,7 +712,7 @@ def decide_batch(
     """Step 2 on a batch: flag and decide every ``verifying`` claim of ``claim_ids`` (of
     ``case_id`` when given) whose match step ran (see the module docstring). Returns counts."""
     session.flush()  # the batch reads through the connection (no autoflush): flush once
-    with _gc_paused():
+    with gc_paused():
         return _decide_batch(session, claim_ids, actor or default_actor(), case_id)
 
 

@@ -44,6 +44,7 @@ from claims import audit, rounds
 from claims.audit import Actor, bind_value, bulk_insert, json_str
 from claims.db import lock_clause
 from claims.errors import InvalidInput, PayoutError
+from claims.gc_pause import gc_paused
 from claims.models import (
     CustodianConfirmation,
     DistributionRound,
@@ -139,6 +140,7 @@ def instruction_key(key: str, attempt: int) -> str:
     return key if attempt == 1 else f"{key}-{attempt}"
 
 
+@gc_paused()
 def instructions(session: Session, round_id: object, *, actor: Actor | None = None,
                  export: bool = True) -> list[dict[str, str]]:
     """The instruction lines of the round (see the module docstring). With ``export`` (a
@@ -287,6 +289,7 @@ def simulated_confirmations(lines: Sequence[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
+@gc_paused()
 def import_confirmations(session: Session, round_id: object, data: str | bytes, *,
                          actor: Actor) -> dict[str, Any]:
     """Apply a custodian's confirmations (see the module docstring). Returns

@@ -48,6 +48,18 @@ def test_references_are_crockford_base32_and_random():
     assert set("".join(r[4:8] + r[9:] for r in refs)) == set(intake.CROCKFORD)
 
 
+def test_access_tokens_made_in_bulk_are_like_single_ones():
+    from claims import crypto
+
+    tokens = crypto.new_tokens(3000)
+    assert len(set(tokens)) == 3000
+    single = crypto.new_token()
+    # 24 random bytes, URL-safe base64 without padding: 32 characters of the same alphabet
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{32}", t) for t in [*tokens, single])
+    # every position varies (the bytes are spread over the tokens, not repeated)
+    assert all(len({t[i] for t in tokens}) > 32 for i in range(31))
+
+
 @pytest.mark.parametrize("typed, canonical", [
     ("KZR-AB12-CD34", "KZR-AB12-CD34"),
     ("  kzr-ab12-cd34 ", "KZR-AB12-CD34"),
