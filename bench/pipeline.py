@@ -16,7 +16,7 @@ database, Maildir), through the domain functions directly (no HTTP):
 
  1. case + ledger import       ``claims.cases.create_case``, ``claims.ledger.import_ledger``
  2. bulk filing                 ``claims.intake.import_rows``, as ``restitution claims import``
-                                does (10,000 a transaction)
+                                does (25,000 a transaction)
  3. verification                ``claims.verification.run_verification``
  4. caseworker decisions        ``claims.review.decide_many`` on every flagged claim, 500 at a
                                 time (the bulk action of ``POST /api/v1/review/decisions``)
@@ -141,7 +141,7 @@ def csv_row(filing: dict) -> dict[str, str]:
 
 def file_claims(engine, code: str, victims) -> int:
     """Every victim files (as corrected) in bulk, as ``restitution claims import`` does
-    (``claims.intake.import_rows``: 10,000 a transaction, one audit append per chunk)."""
+    (``claims.intake.import_rows``: 25,000 a transaction, one audit append per chunk)."""
     from claims import intake
     from claims.audit import Actor
 
