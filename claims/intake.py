@@ -1439,9 +1439,9 @@ def import_rows(
     25,000 rows a transaction: each commit writes every index page it dirtied, and a claim
     dirties a page in each of its random-key indexes (reference, IIN hash, name, e-mail,
     address) — 1,000 a commit wrote 9.3 GB for 300k claims, 10,000 wrote 2.8 GB and cost 16 %
-    less CPU; for 1M claims 30,000 a commit took 113 s against 128 s for 10,000. A chunk holds
-    the write lock for about 2–3 s at that size (web filings wait for it; the busy timeout is
-    60 s).
+    less CPU; for 1M claims (pipeline bench) 25,000 a commit took 117 s and wrote 9.6 GB
+    against 130 s and 15.4 GB for 10,000. A chunk holds the write lock for 1–3 s at that
+    size (web filings wait for it; the busy timeout is 60 s).
 
     An unknown or closed case raises :class:`InvalidInput` naming ``case_id`` before anything
     is filed.

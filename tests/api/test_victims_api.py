@@ -488,7 +488,7 @@ def test_status_privacy_same_404_and_never_the_iin(client, case):
 def _round_with_payout(engine, claim_id: int, *, state: str, tx_id: str | None = None,
                        network: str = "tron", round_status: str = "released") -> int:
     from claims.db import session_scope
-    from claims.models import Allocation, DistributionRound, Payout, Case, Claim
+    from claims.models import Allocation, DistributionRound, Payout, Claim
 
     with session_scope(engine) as s:
         claim = s.get(Claim, claim_id)

@@ -4,7 +4,6 @@ module imported only when that command runs (CONTRACT.md "CLI"; issue 2, item 8)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
