@@ -215,28 +215,37 @@ def approve_and_release(engine, round_id: int, approver, finance) -> dict:
                                      idempotency_key=f"bench-release-{round_id}")
 
 
-def play_custodian(lines: list[dict]) -> str:
-    """The custodian's confirmation file: every instructed transfer done."""
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["payout_id", "tx_id", "amount", "status"])
-    for row in lines:
-        tx = hashlib.sha256(f"custodian:{row['idempotency_key']}".encode()).hexdigest()
-        w.writerow([row["payout_id"], tx, row["amount"], "confirmed"])
-    return out.getvalue()
+def play_custodian(instructions: Path, confirmations: Path) -> None:
+    """The custodian: reads the instructions file line by line and writes its confirmations
+    file — every instructed transfer done."""
+    with instructions.open(encoding="utf-8", newline="") as src, \
+            confirmations.open("w", encoding="utf-8", newline="") as dst:
+        w = csv.writer(dst, lineterminator="\n")
+        w.writerow(["payout_id", "tx_id", "amount", "status"])
+        for row in csv.DictReader(src):
+            tx = hashlib.sha256(f"custodian:{row['idempotency_key']}".encode()).hexdigest()
+            w.writerow([row["payout_id"], tx, row["amount"], "confirmed"])
 
 
-def custodian_round_trip(engine, round_id: int, finance) -> dict:
+def custodian_round_trip(engine, round_id: int, finance, workdir: Path) -> dict:
+    """As ``restitution payouts instructions`` and ``payouts confirm`` do it: the export
+    committed, the instructions streamed into a file, the custodian's file imported."""
     from claims.db import session_scope
     from claims.rails import custodian
 
     with session_scope(engine) as s:
-        lines = custodian.instructions(s, round_id, actor=finance)
+        rid = custodian.prepare_instructions(s, round_id, actor=finance)
+    instructions, confirmations = workdir / "instructions.csv", workdir / "confirmations.csv"
+    with session_scope(engine, write=False) as s, \
+            instructions.open("w", encoding="utf-8", newline="") as f:
+        lines = custodian.write_instructions(s, rid, f)
+    play_custodian(instructions, confirmations)
     with session_scope(engine) as s:
-        res = custodian.import_confirmations(s, round_id, play_custodian(lines), actor=finance)
+        res = custodian.import_confirmations(s, round_id, confirmations.read_bytes(),
+                                             actor=finance)
     if res["mismatches"]:
         raise RuntimeError(f"custodian confirmations refused: {res['mismatches'][:3]}")
-    return {"instructions": len(lines), **{k: res[k] for k in ("confirmed", "failed", "already")}}
+    return {"instructions": lines, **{k: res[k] for k in ("confirmed", "failed", "already")}}
 
 
 def outcome(engine, round_id: int, maildir: Path, delivered: bool = True) -> dict:
@@ -346,7 +355,9 @@ def run_rest(clock: Clock, engine, actors: dict, maildir: Path, *, flows: bool,
     clock.mark("execute payouts", f"{ex.get('exported')} exported to the custodian, "
                f"{ex.get('held')} held")
 
-    cu = custodian_round_trip(engine, rid, carol)
+    workdir = maildir.with_name(maildir.name + "-custodian")
+    workdir.mkdir(exist_ok=True)
+    cu = custodian_round_trip(engine, rid, carol, workdir)
     clock.mark("custodian export + confirm", f"{cu['confirmed']} confirmed")
 
     if not deliver:

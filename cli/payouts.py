@@ -209,16 +209,22 @@ def instructions(
     from claims.rails import custodian
 
     with domain_errors():
-        with session_scope() as s:
-            lines = custodian.instructions(s, round_id, actor=actor, export=True)
+        with session_scope() as s:  # the export, committed before the file is handed over
+            rid = custodian.prepare_instructions(s, round_id, actor=actor, export=True)
+    # Streamed into a temporary file beside FILE (a round's lines are never all in memory),
+    # which then takes FILE's name: FILE is whole or untouched.
+    part = out.with_name(out.name + ".part")
     try:
-        out.write_text(custodian.instructions_csv(lines), encoding="utf-8")
+        with session_scope(write=False) as s, part.open("w", encoding="utf-8", newline="") as f:
+            lines = custodian.write_instructions(s, rid, f)
+        part.replace(out)
     except OSError as exc:
+        part.unlink(missing_ok=True)
         fail(f"cannot write {out}: {exc}", EXIT_USAGE)
     if as_json:
-        print_json({"round_id": str(round_id), "lines": len(lines), "out": str(out)})
+        print_json({"round_id": str(round_id), "lines": lines, "out": str(out)})
     else:
-        typer.echo(f"{len(lines)} instruction line(s) written to {out}")
+        typer.echo(f"{lines} instruction line(s) written to {out}")
 
 
 @payouts_app.command("confirm")

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy import func, select
 
@@ -649,20 +649,19 @@ def release(round_id: str, request: Request, staff: FinanceAction, background: B
 
 @router.get("/staff/finance/rounds/{round_id}/instructions.csv")
 def instructions(round_id: str, request: Request, staff: FinancePage) -> Response:
-    from claims import rounds
     from claims.rails import custodian
 
     finance = staff.role == "finance"
     try:
         with session_scope(write=finance) as s:
-            lines = custodian.instructions(s, round_id, actor=staff.actor if finance else None,
-                                           export=finance)
-            rid = rounds.parse_round_id(round_id)
+            rid = custodian.prepare_instructions(s, round_id, actor=staff.actor if finance
+                                                 else None, export=finance)
     except (NotFound, InvalidInput) as exc:
         return not_found(request, staff, NotFound(str(exc)))
-    return Response(custodian.instructions_csv(lines), media_type="text/csv; charset=utf-8",
-                    headers={**HEADERS, "Content-Disposition":
-                             f'attachment; filename="round-{rid}-instructions.csv"'})
+    return StreamingResponse(custodian.stream_instructions(rid),
+                             media_type="text/csv; charset=utf-8",
+                             headers={**HEADERS, "Content-Disposition":
+                                      f'attachment; filename="round-{rid}-instructions.csv"'})
 
 
 @router.post("/staff/finance/rounds/{round_id}/confirmations", response_class=HTMLResponse)

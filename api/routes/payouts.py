@@ -36,7 +36,7 @@ from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from api.auth import Finance, FinanceOrAuditor, staff_router
@@ -268,12 +268,11 @@ def instructions_csv(id: str, staff: FinanceOrAuditor) -> Response:
     from claims.rails import custodian
 
     finance = staff.role == "finance"
-    with session_scope(write=finance) as s:
-        lines = custodian.instructions(s, id, actor=staff.actor if finance else None,
-                                       export=finance)
-        rid = rounds.parse_round_id(id)
-    return Response(
-        custodian.instructions_csv(lines),
+    with session_scope(write=finance) as s:  # the export commits before the lines go out
+        rid = custodian.prepare_instructions(s, id, actor=staff.actor if finance else None,
+                                             export=finance)
+    return StreamingResponse(
+        custodian.stream_instructions(rid),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="round-{rid}-instructions.csv"',
                  "Cache-Control": "no-store"},

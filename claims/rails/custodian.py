@@ -12,7 +12,9 @@ Instructions (``instructions.csv``)
     changes afterwards, so every read gives the same lines, each payout once. A failed payout
     that finance retries is exported again as a new attempt on a line of its own, with the
     idempotency key ``KEY-N`` (N = the attempt), so the custodian never mistakes the new
-    attempt for the old one.
+    attempt for the old one. The file is streamed (:func:`instruction_csv_chunks`: 10,000
+    lines at a time, after the export has committed), so a round of any size is handed over
+    in bounded memory — the CLI's ``payouts instructions --out`` and both downloads.
 
 Confirmations (``payout_id,tx_id,amount[,status]``, status ``confirmed`` by default or
 ``failed``) — :func:`import_confirmations`:
@@ -33,9 +35,10 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import Any, TextIO
 
 from sqlalchemy import select
 from sqlmodel import Session
@@ -77,6 +80,7 @@ INSTRUCTION_COLUMNS = ("payout_id", "network", "address", "amount", "idempotency
 CONFIRMATION_COLUMNS = ("payout_id", "tx_id", "amount")
 STATUSES = ("confirmed", "failed")
 MAX_ROWS = 1_000_000
+INSTRUCTION_BATCH = 10_000
 MAX_TX_ID = 128
 
 
@@ -141,29 +145,47 @@ def instruction_key(key: str, attempt: int) -> str:
 
 
 @gc_paused()
-def instructions(session: Session, round_id: object, *, actor: Actor | None = None,
-                 export: bool = True) -> list[dict[str, str]]:
-    """The instruction lines of the round (see the module docstring). With ``export`` (a
-    finance read) the round's pending custodian payouts are exported first."""
+def prepare_instructions(session: Session, round_id: object, *, actor: Actor | None = None,
+                         export: bool = True) -> int:
+    """The round's id, after exporting its pending custodian payouts (``export``: a finance
+    read; the caller commits before handing the lines over). Raises ``NotFound`` for an
+    unknown round."""
     rnd = rounds.get_round(session, round_id)
     if export:
         if actor is None:  # pragma: no cover - programming error
             raise ValueError("exporting needs the acting finance officer")
         require_finance(actor, "export custodian instructions")
         export_pending(session, rnd.id, actor=actor)
-    rows = session.connection().execute(
+    return rnd.id
+
+
+def instruction_rows(session: Session, round_pk: int,
+                     batch: int = INSTRUCTION_BATCH) -> Iterator[tuple[str, str, str, str, str]]:
+    """The instruction lines of round ``round_pk`` (see the module docstring) as tuples in
+    :data:`INSTRUCTION_COLUMNS` order, read ``batch`` rows at a time: a round of any size
+    streams in bounded memory."""
+    stmt = (
         select(Payout.id, Payout.network, PayoutAttempt.address, Payout.amount,
                Payout.idempotency_key, PayoutAttempt.attempt)
         .join(PayoutAttempt, PayoutAttempt.payout_id == Payout.id)
-        .where(Payout.round_id == rnd.id, Payout.rail == RAIL_CUSTODIAN,
+        .where(Payout.round_id == round_pk, Payout.rail == RAIL_CUSTODIAN,
                PayoutAttempt.address.is_not(None))
         .order_by(PayoutAttempt.id)
-    ).all()
-    return [
-        {"payout_id": str(pid), "network": network, "address": address,
-         "amount": format_amount(amount), "idempotency_key": instruction_key(key, attempt)}
-        for pid, network, address, amount, key, attempt in rows
-    ]
+        .execution_options(yield_per=batch)
+    )
+    for part in session.connection().execute(stmt).partitions():
+        yield from [(str(pid), network, address, format_amount(amount),
+                     instruction_key(key, attempt))
+                    for pid, network, address, amount, key, attempt in part]
+
+
+def instructions(session: Session, round_id: object, *, actor: Actor | None = None,
+                 export: bool = True) -> list[dict[str, str]]:
+    """The instruction lines of the round as dicts (:func:`prepare_instructions`, then
+    :func:`instruction_rows`). For a whole large round, stream them instead
+    (:func:`instruction_csv_chunks`, :func:`write_instructions`)."""
+    rid = prepare_instructions(session, round_id, actor=actor, export=export)
+    return [dict(zip(INSTRUCTION_COLUMNS, row)) for row in instruction_rows(session, rid)]
 
 
 def instructions_csv(lines: Sequence[dict[str, str]]) -> str:
@@ -172,6 +194,48 @@ def instructions_csv(lines: Sequence[dict[str, str]]) -> str:
     w.writeheader()
     w.writerows(lines)
     return buf.getvalue()
+
+
+def instruction_csv_chunks(session: Session, round_pk: int,
+                           batch: int = INSTRUCTION_BATCH) -> Iterator[str]:
+    """The instructions file of round ``round_pk`` (the same text as :func:`instructions_csv`
+    of its lines) in pieces of ``batch`` lines, the header first: for a download or a file
+    that never holds the whole round in memory."""
+    for text, _lines in _csv_chunks(session, round_pk, batch):
+        yield text
+
+
+def write_instructions(session: Session, round_pk: int, file: TextIO) -> int:
+    """Write the instructions file of round ``round_pk`` to ``file`` (streamed); returns the
+    number of instruction lines."""
+    total = 0
+    for text, lines in _csv_chunks(session, round_pk, INSTRUCTION_BATCH):
+        file.write(text)
+        total += lines
+    return total
+
+
+def stream_instructions(round_pk: int, engine: Any = None) -> Iterator[str]:
+    """:func:`instruction_csv_chunks` in a read transaction of its own (for a download
+    served after the export's transaction committed)."""
+    from claims.db import session_scope
+
+    with session_scope(engine, write=False) as s:
+        yield from instruction_csv_chunks(s, round_pk)
+
+
+def _csv_chunks(session: Session, round_pk: int, batch: int) -> Iterator[tuple[str, int]]:
+    """(CSV text, instruction lines in it): the header alone, then ``batch`` lines a piece."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(INSTRUCTION_COLUMNS)
+    yield buf.getvalue(), 0
+    rows = instruction_rows(session, round_pk, batch)
+    while part := list(islice(rows, batch)):
+        buf.seek(0)
+        buf.truncate()
+        w.writerows(part)
+        yield buf.getvalue(), len(part)
 
 
 # ------------------------------------------------------------------ confirmations

@@ -89,6 +89,34 @@ def test_instructions_list_each_exported_payout_once_and_never_change(engine, fi
             custodian.instructions(s, seeded.round_id, actor=Actor("cw", "caseworker"))
 
 
+def test_streamed_instructions_are_the_same_file_in_bounded_pieces(engine, fin):
+    """A round of any size is handed over streamed (CLI file, download): the same text as the
+    lines read at once, in pieces of ``batch`` lines, the header alone first."""
+    seeded = released(engine, fin, [("tron", 7 * USDT + i) for i in range(5)]
+                      + [("ethereum", USDT)])
+    with session_scope(engine) as s:
+        rid = custodian.prepare_instructions(s, seeded.round_id, actor=fin)
+    whole = read_instructions(engine, seeded.round_id, fin)
+    assert len(whole.splitlines()) == 6  # header + the five TRON payouts
+    for batch in (1, 2, 5, 10_000):
+        with session_scope(engine, write=False) as s:
+            pieces = list(custodian.instruction_csv_chunks(s, rid, batch))
+        assert "".join(pieces) == whole
+        assert pieces[0] == "payout_id,network,address,amount,idempotency_key\n"
+        assert [len(p.splitlines()) for p in pieces[1:]] == [
+            min(batch, 5 - i) for i in range(0, 5, batch)]
+    out = io.StringIO()
+    with session_scope(engine, write=False) as s:
+        assert custodian.write_instructions(s, rid, out) == 5
+    assert out.getvalue() == whole
+    assert "".join(custodian.stream_instructions(rid, engine)) == whole
+    # Reading never exports: a round whose payouts are not exported yet streams no line.
+    fresh = released(engine, fin, [("tron", USDT)])
+    with session_scope(engine, write=False) as s:
+        assert "".join(custodian.instruction_csv_chunks(s, fresh.round_id)) == (
+            "payout_id,network,address,amount,idempotency_key\n")
+
+
 def test_confirmations_confirm_fail_and_detect_mismatches(engine, fin):
     seeded = released(engine, fin, [("tron", 5 * USDT + i) for i in range(5)])
     read_instructions(engine, seeded.round_id, fin)

@@ -78,6 +78,11 @@ def test_release_runs_to_the_end_and_the_custodian_files_round_trip(run, engine,
     assert r.exit_code == 0 and "1 instruction line(s)" in r.stdout
     (line,) = list(csv.DictReader(io.StringIO(instr.read_text())))
     assert (line["address"], line["amount"]) == (seeded.tron[0].address, "6")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("instr")) == [
+        "instructions.csv"]  # streamed through instructions.csv.part, renamed when whole
+    r = run("instructions", rid, "--out", str(tmp_path / "no-such-dir" / "i.csv"), "--as", "fin")
+    assert r.exit_code == 2 and "cannot write" in r.output
+    assert not (tmp_path / "no-such-dir").exists()
 
     wrong = tmp_path / "wrong.csv"
     wrong.write_text(f"payout_id,tx_id,amount\n{line['payout_id']},TX9,7\n")

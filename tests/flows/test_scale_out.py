@@ -288,7 +288,7 @@ def test_case_end_to_end_through_deployments_on_two_workers(pg_databases, tmp_pa
                                         .where(Payout.round_id == rid)
                                         .group_by(Payout.state)).all())
             assert states == {"exported": release["payouts"]}, states
-            custodian = bench.custodian_round_trip(engine, rid, actors["carol"])
+            custodian = bench.custodian_round_trip(engine, rid, actors["carol"], tmp_path)
             assert custodian["instructions"] == custodian["confirmed"] == release["payouts"]
 
             # ---- notifications: two runs at once (each notice delivered once)
