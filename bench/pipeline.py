@@ -160,10 +160,11 @@ def file_claims(engine, code: str, victims) -> int:
     from claims.audit import Actor
 
     rows = ((i + 2, csv_row(v.filing(code))) for i, v in enumerate(victims))
-    outcome = intake.import_rows(code, rows, engine=engine, actor=Actor.operator())
+    outcome = intake.import_rows(code, rows, engine=engine, actor=Actor.operator(),
+                                 on_chunk=lambda done: None, keep_filed=False)
     if outcome.rejected:
         raise RuntimeError(f"{len(outcome.rejected)} filings refused, e.g. {outcome.rejected[0]}")
-    return len(outcome.filed)
+    return outcome.filed_count
 
 
 def decision_for(item: dict) -> dict:

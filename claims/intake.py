@@ -1388,11 +1388,13 @@ def reset_token(session: Session, reference: object, email: object) -> bool:
 
 @dataclass
 class ImportOutcome:
-    """What :func:`import_rows` did: ``filed`` (line, reference, access token) and
+    """What :func:`import_rows` did: ``filed`` (line, reference, access token; empty when the
+    caller takes them chunk by chunk instead, ``keep_filed=False``), ``filed_count`` and
     ``rejected`` (line, field, message) — every refusal of a line is listed."""
 
     filed: list[tuple[int, str, str]] = field(default_factory=list)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    filed_count: int = 0
 
     @property
     def rejected_lines(self) -> int:
@@ -1430,11 +1432,14 @@ def import_rows(
     actor: Actor | None = None,
     chunk_size: int = 25_000,
     on_chunk=None,
+    keep_filed: bool = True,
 ) -> ImportOutcome:
     """File CSV rows ``(line, row)`` for case ``code`` by the API's rules (the same
     :func:`prepare` and :func:`file_many`): bad rows are refused by line and skipped, good
     rows filed in bulk, one transaction per ``chunk_size`` rows. ``on_chunk(filed)`` is
-    called after each committed chunk with its ``(line, reference, token)`` triples.
+    called after each committed chunk with its ``(line, reference, token)`` triples;
+    ``keep_filed=False`` leaves them out of the outcome (a caller that writes them as they
+    come keeps memory flat: only the counts and the refusals are kept).
 
     25,000 rows a transaction: each commit writes every index page it dirtied, and a claim
     dirties a page in each of its random-key indexes (reference, IIN hash, name, e-mail,
@@ -1468,7 +1473,9 @@ def import_rows(
                 done.append((line, res.reference, res.access_token))
             else:
                 outcome.rejected.append((line, "iin", res.detail))
-        outcome.filed.extend(done)
+        outcome.filed_count += len(done)
+        if keep_filed:
+            outcome.filed.extend(done)
         if on_chunk is not None:
             on_chunk(done)
         batch.clear()

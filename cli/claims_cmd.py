@@ -115,7 +115,8 @@ def import_claims(
             receipts.flush()
 
     try:
-        outcome = import_rows(code, _rows(header, reader, bad), on_chunk=on_chunk)
+        outcome = import_rows(code, _rows(header, reader, bad), on_chunk=on_chunk,
+                              keep_filed=False)
     except InvalidInput as exc:
         for e in exc.errors:
             err(f"{e['field']}: {e['message']}")
@@ -128,9 +129,9 @@ def import_claims(
         err(f"line {line}: {field}: {message}")
     rejected = len({line for line, _, _ in refused})
     if json_:
-        print_json({"filed": len(outcome.filed), "rejected": rejected})
+        print_json({"filed": outcome.filed_count, "rejected": rejected})
     else:
-        typer.echo(f"filed {len(outcome.filed)} claim(s), refused {rejected} row(s)")
+        typer.echo(f"filed {outcome.filed_count} claim(s), refused {rejected} row(s)")
     raise typer.Exit(EXIT_FAILED if rejected else EXIT_OK)
 
 

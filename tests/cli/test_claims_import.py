@@ -215,9 +215,15 @@ def test_bulk_import_in_chunks(case, engine):
     outcome = intake.import_rows(CASE, rows, chunk_size=500, on_chunk=lambda d: chunks.append(len(d)))
     assert chunks == [500, 500, 100]
     assert len(outcome.filed) == 1100 and outcome.rejected == []
-    assert len({ref for _, ref, _ in outcome.filed}) == 1100
+    assert len({ref for _, ref, _ in outcome.filed}) == 1100 and outcome.filed_count == 1100
+    # A caller that takes the receipts chunk by chunk need not keep them all.
+    taken = []
+    more = [(i + 2, row(i + 1101)) for i in range(600)]
+    outcome = intake.import_rows(CASE, more, chunk_size=500, on_chunk=taken.extend,
+                                 keep_filed=False)
+    assert outcome.filed == [] and outcome.filed_count == len(taken) == 600
     counts = table_counts(engine)
-    assert counts["claim"] == 1100 and counts["notification"] == 1100
+    assert counts["claim"] == 1700 and counts["notification"] == 1700
 
 
 # ----------------------------------------------------------------------------- serve
