@@ -43,7 +43,6 @@ CSV file before the clock starts and imported from it, as ``restitution ledger i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
@@ -216,18 +215,6 @@ def approve_and_release(engine, round_id: int, approver, finance) -> dict:
                                      idempotency_key=f"bench-release-{round_id}")
 
 
-def play_custodian(instructions: Path, confirmations: Path) -> None:
-    """The custodian: reads the instructions file line by line and writes its confirmations
-    file — every instructed transfer done."""
-    with instructions.open(encoding="utf-8", newline="") as src, \
-            confirmations.open("w", encoding="utf-8", newline="") as dst:
-        w = csv.writer(dst, lineterminator="\n")
-        w.writerow(["payout_id", "tx_id", "amount", "status"])
-        for row in csv.DictReader(src):
-            tx = hashlib.sha256(f"custodian:{row['idempotency_key']}".encode()).hexdigest()
-            w.writerow([row["payout_id"], tx, row["amount"], "confirmed"])
-
-
 def custodian_round_trip(engine, round_id: int, finance, workdir: Path) -> dict:
     """As ``restitution payouts instructions`` and ``payouts confirm`` do it: the export
     committed, the instructions streamed into a file, the custodian's file imported."""
@@ -240,7 +227,9 @@ def custodian_round_trip(engine, round_id: int, finance, workdir: Path) -> dict:
     with session_scope(engine, write=False) as s, \
             instructions.open("w", encoding="utf-8", newline="") as f:
         lines = custodian.write_instructions(s, rid, f)
-    play_custodian(instructions, confirmations)
+    with instructions.open(encoding="utf-8", newline="") as src, \
+            confirmations.open("w", encoding="utf-8", newline="") as dst:
+        custodian.simulate_custodian(src, dst)  # the bench plays the custodian
     with session_scope(engine) as s:
         res = custodian.import_confirmations(s, round_id, confirmations.read_bytes(),
                                              actor=finance)

@@ -22,9 +22,7 @@ The stages, each through the same interfaces people use:
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -168,6 +166,7 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
     from claims import cases, ledger, staff
     from claims.audit import Actor
     from claims.db import get_engine, session_scope
+    from claims.rails import custodian
     from claims.settings import get_settings
 
     settings = get_settings()
@@ -289,7 +288,7 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         instructions = _check(http.get(f"/api/v1/rounds/{rnd['id']}/payouts/instructions.csv",
                                        headers=carol), 200).text
         (out / f"custodian-instructions-{code}.csv").write_text(instructions)
-        confirmations = _play_custodian(instructions)
+        confirmations = custodian.simulated_confirmations(instructions)
         (out / f"custodian-confirmations-{code}.csv").write_text(confirmations)
         r = _check(http.post(f"/api/v1/rounds/{rnd['id']}/payouts/confirmations", headers={
             **carol, "Content-Type": "text/csv"}, content=confirmations.encode()), 200)
@@ -404,18 +403,6 @@ def _wait_payouts(http, round_id: str, headers: dict, console, timeout: float = 
         if time.monotonic() > deadline:
             raise DemoError(f"payouts still running after {timeout:.0f} s: {s['by_state']}")
         time.sleep(0.3)
-
-
-def _play_custodian(instructions: str) -> str:
-    """The custodian's confirmation file: every instructed transfer done, with a TRON tx id."""
-    rows = csv.DictReader(io.StringIO(instructions))
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["payout_id", "tx_id", "amount", "status"])
-    for row in rows:
-        tx = hashlib.sha256(f"custodian:{row['idempotency_key']}".encode()).hexdigest()
-        w.writerow([row["payout_id"], tx, row["amount"], "confirmed"])
-    return out.getvalue()
 
 
 def _claim_counts(engine, code: str) -> dict:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TextIO
@@ -179,28 +179,10 @@ def instruction_rows(session: Session, round_pk: int,
                     for pid, network, address, amount, key, attempt in part]
 
 
-def instructions(session: Session, round_id: object, *, actor: Actor | None = None,
-                 export: bool = True) -> list[dict[str, str]]:
-    """The instruction lines of the round as dicts (:func:`prepare_instructions`, then
-    :func:`instruction_rows`). For a whole large round, stream them instead
-    (:func:`instruction_csv_chunks`, :func:`write_instructions`)."""
-    rid = prepare_instructions(session, round_id, actor=actor, export=export)
-    return [dict(zip(INSTRUCTION_COLUMNS, row)) for row in instruction_rows(session, rid)]
-
-
-def instructions_csv(lines: Sequence[dict[str, str]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=INSTRUCTION_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(lines)
-    return buf.getvalue()
-
-
 def instruction_csv_chunks(session: Session, round_pk: int,
                            batch: int = INSTRUCTION_BATCH) -> Iterator[str]:
-    """The instructions file of round ``round_pk`` (the same text as :func:`instructions_csv`
-    of its lines) in pieces of ``batch`` lines, the header first: for a download or a file
-    that never holds the whole round in memory."""
+    """The instructions file of round ``round_pk`` in pieces of ``batch`` lines, the header
+    first: for a download or a file that never holds the whole round in memory."""
     for text, _lines in _csv_chunks(session, round_pk, batch):
         yield text
 
@@ -338,19 +320,28 @@ def parse_confirmations(data: str | bytes) -> list[ConfirmationRow]:
     return out
 
 
-def simulated_confirmations(lines: Sequence[dict[str, str]]) -> str:
-    """The embedded default's stand-in custodian (the demo): a confirmations file confirming
-    every instruction line, with a transaction id derived from its idempotency key (64 hex,
-    TRON-shaped). Never used with a real custodian."""
+def simulate_custodian(instructions: TextIO, confirmations: TextIO) -> int:
+    """The embedded default's stand-in custodian (the demo and the benches play it): reads an
+    instructions file and writes the confirmations file that confirms every line, with a
+    transaction id derived from its idempotency key (64 hex, TRON-shaped), line by line.
+    Returns the lines confirmed. Never used with a real custodian."""
     import hashlib
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(confirmations, lineterminator="\n")
     w.writerow(["payout_id", "tx_id", "amount", "status"])
-    for line in lines:
+    n = 0
+    for line in csv.DictReader(instructions):
         tx = hashlib.sha256(f"custodian:{line['idempotency_key']}".encode()).hexdigest()
         w.writerow([line["payout_id"], tx, line["amount"], "confirmed"])
-    return buf.getvalue()
+        n += 1
+    return n
+
+
+def simulated_confirmations(instructions_text: str) -> str:
+    """:func:`simulate_custodian` of an instructions file given as text."""
+    out = io.StringIO()
+    simulate_custodian(io.StringIO(instructions_text), out)
+    return out.getvalue()
 
 
 @gc_paused()

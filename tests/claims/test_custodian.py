@@ -38,8 +38,11 @@ def released(engine, fin, specs):
 
 
 def read_instructions(engine, round_id, actor):
+    """As finance reads them: the export committed, then the file."""
     with session_scope(engine) as s:
-        return custodian.instructions_csv(custodian.instructions(s, round_id, actor=actor))
+        rid = custodian.prepare_instructions(s, round_id, actor=actor)
+    with session_scope(engine, write=False) as s:
+        return "".join(custodian.instruction_csv_chunks(s, rid))
 
 
 def payout_ids(engine, round_id) -> dict[int, int]:
@@ -82,11 +85,11 @@ def test_instructions_list_each_exported_payout_once_and_never_change(engine, fi
     assert read_instructions(engine, seeded.round_id, fin) == first
     # The auditor reads without exporting; a caseworker may not export.
     with session_scope(engine) as s:
-        lines = custodian.instructions(s, seeded.round_id, export=False)
-    assert custodian.instructions_csv(lines) == first
+        rid = custodian.prepare_instructions(s, seeded.round_id, export=False)
+        assert "".join(custodian.instruction_csv_chunks(s, rid)) == first
     with pytest.raises(Forbidden):
         with session_scope(engine) as s:
-            custodian.instructions(s, seeded.round_id, actor=Actor("cw", "caseworker"))
+            custodian.prepare_instructions(s, seeded.round_id, actor=Actor("cw", "caseworker"))
 
 
 def test_streamed_instructions_are_the_same_file_in_bounded_pieces(engine, fin):
@@ -97,7 +100,11 @@ def test_streamed_instructions_are_the_same_file_in_bounded_pieces(engine, fin):
     with session_scope(engine) as s:
         rid = custodian.prepare_instructions(s, seeded.round_id, actor=fin)
     whole = read_instructions(engine, seeded.round_id, fin)
-    assert len(whole.splitlines()) == 6  # header + the five TRON payouts
+    with session_scope(engine, write=False) as s:
+        rows = list(custodian.instruction_rows(s, rid, 2))
+    assert [dict(zip(custodian.INSTRUCTION_COLUMNS, r)) for r in rows] == list(
+        csv.DictReader(io.StringIO(whole)))
+    assert len(rows) == 5  # the five TRON payouts, not the Ethereum one
     for batch in (1, 2, 5, 10_000):
         with session_scope(engine, write=False) as s:
             pieces = list(custodian.instruction_csv_chunks(s, rid, batch))
@@ -231,9 +238,8 @@ def test_only_finance_imports_confirmations(engine, fin):
 
 def test_the_simulated_custodian_confirms_every_line_once(engine, fin):
     seeded = released(engine, fin, [("tron", USDT + i) for i in range(3)])
-    with session_scope(engine) as s:
-        lines = custodian.instructions(s, seeded.round_id, actor=fin)
-    text = custodian.simulated_confirmations(lines)
+    text = custodian.simulated_confirmations(read_instructions(engine, seeded.round_id, fin))
+    assert len(text.splitlines()) == 4 and text.startswith("payout_id,tx_id,amount,status\n")
     assert confirm(engine, seeded.round_id, text, fin)["confirmed"] == 3
     assert confirm(engine, seeded.round_id, text, fin)["already"] == 3
     with session_scope(engine, write=False) as s:
