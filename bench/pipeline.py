@@ -37,7 +37,8 @@ once, confirmed total = allocated, the round's sum balances, the audit chain ver
 Peak memory is this process's maximum RSS (``resource.getrusage``) after each stage; the
 generated victims (N Python objects, the bench's own) are held throughout and are part of it,
 so the summary also shows what the stages added on top of them. The ledger is written to a
-CSV file before the clock starts and imported from it, as ``restitution ledger import`` does. Goal (issue 9): 100k victims ≤ 120 s for all stages, notices delivered.
+CSV file before the clock starts and imported from it, as ``restitution ledger import`` does.
+Goal (issue 9): 100k victims ≤ 120 s for all stages, notices delivered.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def file_claims(engine, code: str, victims) -> int:
 
     rows = ((i + 2, csv_row(v.filing(code))) for i, v in enumerate(victims))
     outcome = intake.import_rows(code, rows, engine=engine, actor=Actor.operator(),
-                                 on_chunk=lambda done: None, keep_filed=False)
+                                 keep_filed=False)  # the receipts are not needed here
     if outcome.rejected:
         raise RuntimeError(f"{len(outcome.rejected)} filings refused, e.g. {outcome.rejected[0]}")
     return outcome.filed_count
