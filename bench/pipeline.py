@@ -505,9 +505,10 @@ def main() -> int:
         elif n >= 100_000:
             goal = 120 * n / 100_000
             print(f"goal ≤ {goal:.0f} s for {n:,}: {'met' if total <= goal else 'NOT met'}")
-        else:
-            print(f"goal ≤ 120 s for 100,000 (linear: ≤ {120 * n / 100_000:.1f} s here): "
-                  f"{'on track' if total <= 120 * n / 100_000 else 'NOT on track'}")
+        else:  # a quick size: no verdict (fixed costs weigh more, e.g. delivery by one
+            # process below a 20,000-notice backlog)
+            print(f"goal ≤ 120 s for 100,000: not judged at {n:,} (a linear share would be "
+                  f"{120 * n / 100_000:.1f} s; small runs carry fixed costs — run it at 100,000)")
         if flowrun:
             stages = [k for k in FLOW_STAGES if k in direct.stages]
             fd = sum(direct.stages[k]["seconds"] for k in stages)
