@@ -219,8 +219,9 @@ def instructions(
             lines = custodian.write_instructions(s, rid, f)
         part.replace(out)
     except OSError as exc:
-        part.unlink(missing_ok=True)
         fail(f"cannot write {out}: {exc}", EXIT_USAGE)
+    finally:
+        part.unlink(missing_ok=True)  # any failure: no partial file left (gone once renamed)
     if as_json:
         print_json({"round_id": str(round_id), "lines": lines, "out": str(out)})
     else:
