@@ -15,14 +15,15 @@ import getpass
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select, update
 from sqlmodel import Session
 
+from claims.db.bulk import bind_value, bulk_insert, for_update
 from claims.models import AuditEvent, AuditHead, utcnow
 from claims.settings import get_settings
 
@@ -71,11 +72,26 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-# The chain's one JSON form: sorted keys, no spaces, UTF-8 (``canonical``). ``canonical_text``
-# is the same as a str; the stored ``before``/``after`` are that text of the same values, so
-# what is hashed is exactly what is stored (any JSON reader gets the same values back).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def json_default(value: Any) -> Any:
+    """What the encoder cannot write itself: dates as ISO text, sets as lists, enums and
+    anything else as their value or text (so what is hashed is what is stored)."""
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return str(value)
+
+
+# The chain's one JSON form: sorted keys, no spaces, UTF-8. ``canonical_text`` is it as a
+# str; the stored ``before``/``after`` are that text, so what is hashed is exactly what is
+# stored (any JSON reader gets the same values back).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              default=json_default)
 canonical_text = _CANONICAL.encode
+#: A value's stored text (``before``/``after``): :func:`canonical_text` of it.
+encode = canonical_text
 json_str = json.encoder.encode_basestring  # a str as JSON, as ``canonical_text`` writes it
 
 
@@ -111,13 +127,26 @@ def chain_hash(prev_hash: str, fields: dict, key: str | None = None) -> str:
 
 
 def _lock_head(session: Session) -> AuditHead:
-    stmt = select(AuditHead).where(AuditHead.id == 1)
-    if session.get_bind().dialect.name != "sqlite":
-        stmt = stmt.with_for_update()
-    head = session.execute(stmt).scalar_one_or_none()
+    head = session.execute(
+        for_update(select(AuditHead).where(AuditHead.id == 1), session)).scalar_one_or_none()
     if head is None:
         raise RuntimeError("audit_head row missing: run the migrations (claims.db.ensure_schema)")
     return head
+
+
+class Event(NamedTuple):
+    """One audit event to append: who, what, about which subject, and the subject's
+    values before and after (JSON-native values, dates, enums; ``None`` for none).
+    ``claim_pk``: the id of the claim an event of subject ``claim`` is about, when the
+    caller has it (else it is looked up by reference)."""
+
+    actor: Actor
+    action: str
+    subject_type: str
+    subject_id: object
+    before: Any = None
+    after: Any = None
+    claim_pk: int | None = None
 
 
 def record(
@@ -129,67 +158,32 @@ def record(
     *,
     before: Any = None,
     after: Any = None,
+    claim_pk: int | None = None,
 ) -> int:
     """Append one event in the caller's transaction; returns its id."""
-    return record_many(
-        session,
-        actor,
-        [(action, subject_type, subject_id, before, after)],
-    )[0]
+    return record_batch(
+        session, [Event(actor, action, subject_type, subject_id, before, after, claim_pk)])[0]
 
 
-def record_many(
-    session: Session,
-    actor: Actor,
-    events: Iterable[tuple[str, str, object, Any, Any]],
-) -> list[int]:
-    """Append many events (action, subject_type, subject_id, before, after) of one actor."""
-    return record_each(session, [(actor, *e) for e in events])
+def record_batch(session: Session, events: Iterable[Event | tuple]) -> range:
+    """Append ``events`` (:class:`Event`, or tuples in its field order) in order, with one
+    head lock, one insert and one head update for the lot; returns the new ids. The
+    single-event form is :func:`record`."""
+    rows, pks, any_pk = [], [], False
+    for ev in events:
+        actor, action, subject_type, subject_id, before, after, *pk = ev
+        rows.append((actor.name, actor.role, action, subject_type, str(subject_id),
+                     encode(before), encode(after)))
+        pk = pk[0] if pk else None
+        any_pk = any_pk or pk is not None
+        pks.append(pk)
+    return _append(session, rows, pks if any_pk else None)
 
 
-def record_each(
-    session: Session,
-    events: Iterable[tuple[Actor, str, str, object, Any, Any]],
-) -> list[int]:
-    """Append events (actor, action, subject_type, subject_id, before, after) in order, with
-    one head lock, one insert and one head update for the lot."""
-    rows = [
-        (actor.name, actor.role, action, subject_type, str(subject_id),
-         canonical_text(jsonable(before)), canonical_text(jsonable(after)))
-        for actor, action, subject_type, subject_id, before, after in events
-    ]
-    return list(record_rows(session, rows))
-
-
-def record_texts(
-    session: Session,
-    actor: Actor,
-    action: str,
-    subject_type: str,
-    items: Iterable[tuple[str, str, str]],
-    claim_pks: Sequence[int] | None = None,
-) -> range:
-    """Append events of one actor, action and subject type, whose ``before``/``after`` are
-    given already as :func:`canonical_text` of JSON-native values: ``items`` are
-    ``(subject_id, before_text, after_text)`` (``"null"`` for none). The bulk form of
-    :func:`record` for hot paths (a batch of claims): the event and its hash are exactly
-    what :func:`record` would write for the same values. ``claim_pks``: as for
-    :func:`record_rows`. Returns the new ids."""
-    name, role = actor.name, actor.role
-    return record_rows(session, [(name, role, action, subject_type, sid, b, a)
-                                 for sid, b, a in items], claim_pks)
-
-
-def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str, str]],
-                claim_pks: Sequence[int] | None = None) -> range:
+def _append(session: Session, rows: list[tuple[str, str, str, str, str, str, str]],
+            claim_pks: Sequence[int | None] | None = None) -> range:
     """Append events given as ``(actor name, actor role, action, subject_type, subject_id,
-    before_text, after_text)`` rows, the texts as :func:`record_texts` takes them: the bulk
-    form of :func:`record_each` for hot paths whose events have different actors (a batch of
-    claims, each filed by its claimant). One head lock, one bulk insert, one head update for
-    the lot; returns the new ids.
-
-    ``claim_pks``, aligned with ``rows``: the ids of the claims that events of subject
-    ``claim`` are about, when the caller has them (else they are looked up by reference)."""
+    before_text, after_text)`` rows (the texts as :func:`encode` gives them)."""
     if not rows:
         return range(0)
     head = _lock_head(session)
@@ -219,10 +213,13 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
                     prev, h, None))
         prev = h
         next_id += 1
-    if claim_pks is not None:
-        out = [o if o[5] != "claim" else (*o[:-1], pk) for o, pk in zip(out, claim_pks)]
-    elif claims := _claim_pks(session, {r[4] for r in rows if r[3] == "claim"}):
-        out = [o if o[5] != "claim" else (*o[:-1], claims.get(o[6])) for o in out]
+    missing = {r[4] for r, pk in zip(rows, claim_pks or [None] * len(rows))
+               if r[3] == "claim" and pk is None}
+    found = _claim_pks(session, missing)
+    if claim_pks is not None or found:
+        pks = claim_pks or [None] * len(rows)
+        out = [o if o[5] != "claim" else (*o[:-1], pk if pk is not None else found.get(o[6]))
+               for o, pk in zip(out, pks)]
     bulk_insert(session, AuditEvent.__table__, _EVENT_COLUMNS, out)
     session.execute(
         update(AuditHead)
@@ -232,6 +229,29 @@ def record_rows(session: Session, rows: list[tuple[str, str, str, str, str, str,
     # Keep the ORM's copy of the head in step (it may be read again in this transaction).
     session.expire(head)
     return range(first, next_id)
+
+
+# --- transitional: the older writers, until their callers move to record / record_batch ---
+
+
+def record_many(session, actor, events):
+    return list(record_batch(session, [(actor, *e) for e in events]))
+
+
+def record_each(session, events):
+    return list(record_batch(session, events))
+
+
+def record_texts(session, actor, action, subject_type, items, claim_pks=None):
+    return _append(session, [(actor.name, actor.role, action, subject_type, sid, b, a)
+                             for sid, b, a in items], claim_pks)
+
+
+def record_rows(session, rows, claim_pks=None):
+    return _append(session, list(rows), claim_pks)
+
+
+from claims.db.bulk import bind_processor, bind_repeats, driver_sql  # noqa: E402,F401 - transitional
 
 
 _EVENT_COLUMNS = ("id", "occurred_at", "actor", "role", "action", "subject_type", "subject_id",
@@ -256,64 +276,6 @@ def _claim_pks(session: Session, references: set[str]) -> dict[str, int]:
     for i in range(0, len(refs), 1000):
         out.update(session.execute(_CLAIM_PKS, {"refs": refs[i:i + 1000]}).all())
     return out
-
-
-# ------------------------------------------------------------------ bulk writes (hot paths)
-
-
-def bind_value(session: Session, column, value: Any) -> Any:
-    """``value`` as the driver takes it for ``column`` (the column type's bind processing, as
-    SQLAlchemy would apply it): compute once, pass to :func:`bulk_insert` many times."""
-    proc = bind_processor(session, column)
-    return proc(value) if proc is not None else value
-
-
-def bind_processor(session: Session, column) -> Callable[[Any], Any] | None:
-    """The bind processing ``column``'s type applies on the session's dialect (or None)."""
-    dialect = session.get_bind().dialect
-    return column.type.dialect_impl(dialect).bind_processor(dialect)
-
-
-def bind_repeats(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``proc`` for a column's values in a batch, processing a value that repeats (the same
-    object: the batch's one ``now``) once."""
-    last: Any = bind_repeats
-    out: Any = None
-
-    def bind(value: Any) -> Any:
-        nonlocal last, out
-        if value is not last:
-            last, out = value, proc(value)
-        return out
-
-    return bind
-
-
-def driver_sql(session: Session, sql: str) -> str:
-    """``sql`` written with ``?`` markers, in the session's driver's parameter style."""
-    if session.get_bind().dialect.paramstyle == "qmark":
-        return sql
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-def bulk_insert(session: Session, table, columns: Sequence[str], rows: Sequence[tuple]) -> None:
-    """INSERT ``rows`` (tuples in ``columns`` order, values already as the driver takes them:
-    ints, str, None, JSON as text, times through :func:`bind_value`) in the session's
-    transaction: ``COPY … FROM STDIN`` on PostgreSQL (psycopg), one ``executemany`` elsewhere —
-    no per-row statement compilation or type processing."""
-    if not rows:
-        return
-    conn = session.connection()
-    names = ", ".join(columns)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        with conn.connection.driver_connection.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        return
-    marks = ", ".join("?" * len(columns))
-    conn.exec_driver_sql(driver_sql(session, f"INSERT INTO {table.name} ({names}) VALUES ({marks})"),
-                         list(rows))
 
 
 @dataclass

@@ -13,7 +13,9 @@ from fractions import Fraction
 MICRO = 1_000_000
 DECIMALS = 6
 
-# CONTRACT.md, Conventions: ^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$
+#: An amount as text: digits without leading zeros, an optional point and 1 to 6 decimals
+#: (docs/api.md, Conventions). The API's schemas carry this same pattern.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
 _AMOUNT_RE = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]{1,6}))?")
 _SHAPE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # Larger than any real pool; keeps a BigInteger column from overflowing (2**63 - 1).
@@ -81,6 +83,20 @@ def format_amount(micro: int, *, trim: bool = True) -> str:
     return f"{sign}{whole}.{digits}"
 
 
+def format_usdt(micro: int) -> str:
+    """Staff-facing amount: ``1,200.5 USDT`` (grouped whole part; exact decimals)."""
+    text = format_amount(micro)
+    whole, dot, frac = text.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    return f"{sign}{int(whole.lstrip('-')):,}{dot}{frac} USDT"
+
+
+def net_loss(invested: int, withdrawn: int) -> int:
+    """A claim's net loss: what it put in less what it took out (withdrawals, bonuses and
+    referral payouts), never below 0. A claim with no net loss is a net winner."""
+    return max(0, invested - withdrawn)
+
+
 def format_rate(rate: Fraction, places: int = 9) -> str:
     """An exact rate in [0, 1] as a decimal string rounded half-up to ``places`` digits."""
     scaled = rate * 10**places
@@ -89,6 +105,18 @@ def format_rate(rate: Fraction, places: int = 9) -> str:
     whole, frac = divmod(q, 10**places)
     s = f"{whole}.{frac:0{places}d}".rstrip("0").rstrip(".")
     return s or "0"
+
+
+def parse_rate(text: str) -> Fraction:
+    """A round's exact rate as stored (``"num/den"``, or a whole number)."""
+    num, _, den = text.partition("/")
+    return Fraction(int(num), int(den or 1))
+
+
+def rate_percent(rate: Fraction) -> str:
+    """A rate as a percentage string ("30", "52.6316"), as victims read it (the
+    ``allocated`` notice, the status page): 4 decimals, half up."""
+    return format_rate(rate * 100, 4)
 
 
 def percent(part: int, whole: int, places: int = 2) -> str:

@@ -1,15 +1,19 @@
 """The notification outbox: rows written in the same transaction as the state change they
-announce. Delivery (rendering, SMTP/Maildir) lives in ``notifications/``."""
+announce. Delivery (rendering, SMTP/Maildir) lives in ``notifications/``.
+
+:func:`enqueue` queues one notice, :func:`enqueue_batch` many (one bulk insert)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from sqlmodel import Session
 
-from claims.audit import bind_value, bulk_insert, jsonable
-from claims.models import Claim, Notification, utcnow
+from claims.audit import json_default
+from claims.db.bulk import bind_value, bulk_insert
+from claims.models import Notification, utcnow
 
 KINDS = (
     "received",
@@ -27,58 +31,69 @@ KINDS = (
 )
 
 
+class Recipient(NamedTuple):
+    """Whom a notice is about and goes to: what :func:`enqueue_batch` reads of a claim, for
+    callers that hold the claim's values rather than the claim."""
+
+    id: int
+    reference: str
+    language: str
+    email: str
+
+
 def enqueue(
     session: Session,
-    claim: Claim,
+    claim: Any,
     kind: str,
     context: dict | None = None,
     *,
     to_email: str | None = None,
 ) -> None:
-    enqueue_many(session, [(claim, kind, context or {}, to_email)])
+    """Queue one notice of ``kind`` about ``claim`` (see :func:`enqueue_batch`)."""
+    enqueue_batch(session, [(claim, kind, context, to_email)])
 
 
-def enqueue_many(
-    session: Session, items: Iterable[tuple[Claim, str, dict, str | None]]
+def enqueue_batch(
+    session: Session, items: Iterable[tuple[Any, str, dict | None, str | None]]
 ) -> int:
-    """Queue notifications (claim, kind, context, to_email or None for the claim's email).
+    """Queue notices ``(claim, kind, context, to_email)``; returns how many.
 
     ``claim`` is anything with the claim's ``id``, ``reference``, ``language`` and ``email``
-    (a model object or a plain row)."""
-    return enqueue_texts(session, [
-        (claim, kind, json.dumps({"reference": claim.reference, **jsonable(context or {})}),
-         to_email)
-        for claim, kind, context, to_email in items
-    ])
-
-
-def enqueue_texts(session: Session, items: Iterable[tuple[Claim, str, str, str | None]]) -> int:
-    """:func:`enqueue_many` with each context already as JSON text — the text
-    :func:`context_text` gives (hot paths build it without the generic conversion)."""
-    return enqueue_rows(session, [
-        (claim.id, kind, claim.language, to_email or claim.email, context)
-        for claim, kind, context, to_email in items
-    ])
-
-
-def enqueue_rows(session: Session, items: Iterable[tuple[int, str, str, str, str]]) -> int:
-    """:func:`enqueue_texts` with each notification as ``(claim_id, kind, language,
-    to_email, context_text)`` (hot paths that hold the claim's values, not a claim)."""
+    (a model object, a plain row, a :class:`Recipient`); ``to_email`` ``None`` sends to the
+    claim's email. The stored context is the claim's reference, then ``context``."""
     now = bind_value(session, Notification.__table__.c.created_at, utcnow())
     rows = []
-    for claim_id, kind, language, to_email, context in items:
+    for claim, kind, context, to_email in items:
         if kind not in KINDS:
             raise ValueError(f"unknown notification kind {kind!r}")
-        rows.append((claim_id, kind, language, to_email, context, "pending", 0, now, now))
+        text = _encode({"reference": claim.reference, **context} if context
+                       else {"reference": claim.reference})
+        rows.append((claim.id, kind, claim.language, to_email or claim.email, text,
+                     "pending", 0, now, now))
     bulk_insert(session, Notification.__table__, _COLUMNS, rows)
     return len(rows)
 
 
-def context_text(reference: str, context: dict) -> str:
-    """The stored context of a notification: the claim's reference, then ``context``
-    (JSON-native values), as JSON text."""
-    return json.dumps({"reference": reference, **context})
-
-
+_encode = json.JSONEncoder(default=json_default).encode
 _COLUMNS = ("claim_id", "kind", "language", "to_email", "context", "state", "attempts",
             "next_attempt_at", "created_at")
+
+
+# --- transitional: the older forms, until their callers move to enqueue / enqueue_batch ---
+
+
+def enqueue_many(session, items):
+    return enqueue_batch(session, items)
+
+
+def enqueue_texts(session, items):
+    return enqueue_batch(session, [(c, k, json.loads(t), e) for c, k, t, e in items])
+
+
+def enqueue_rows(session, items):
+    return enqueue_batch(session, [(Recipient(cid, json.loads(t)["reference"], lang, email), k,
+                                    json.loads(t), None) for cid, k, lang, email, t in items])
+
+
+def context_text(reference, context):
+    return json.dumps({"reference": reference, **context})

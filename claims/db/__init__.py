@@ -1,0 +1,41 @@
+"""The database: engines and sessions (:mod:`claims.db.engine`), the schema
+(:mod:`claims.db.schema`), the SQL plumbing every rule module shares (:mod:`claims.db.bulk`)
+and the SQLite write gate (:mod:`claims.db.gate`)."""
+
+from claims.db.bulk import (
+    bind_processor,
+    bind_repeats,
+    bind_value,
+    bulk_cache,
+    bulk_insert,
+    driver_sql,
+    for_update,
+    in_values,
+    is_sqlite,
+    lock_clause,
+    next_ids,
+    update_rows,
+)
+from claims.db.engine import (
+    SQLITE_BULK_CACHE_KIB,
+    SQLITE_CACHE_KIB,
+    dispose_engines,
+    get_engine,
+    make_engine,
+    session_scope,
+)
+from claims.db.schema import (
+    MIGRATIONS,
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+)
+
+__all__ = [
+    "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "alembic_config",
+    "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
+    "current_revision", "dispose_engines", "driver_sql", "ensure_schema", "for_update",
+    "get_engine", "head_revision", "in_values", "is_sqlite", "lock_clause", "make_engine",
+    "next_ids", "session_scope", "update_rows",
+]
