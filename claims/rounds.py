@@ -77,7 +77,15 @@ from claims.allocation import (
 from claims.audit import Actor, driver_sql
 from claims.cases import get_case_by_code
 from claims.db import lock_clause
-from claims.errors import Conflict, Forbidden, FourEyes, InvalidInput, NotFound, StaleRound
+from claims.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    FourEyes,
+    InvalidInput,
+    NotFound,
+    StaleRound,
+)
 from claims.gc_pause import gc_paused
 from claims.lifecycle import PAYABLE
 from claims.models import (
@@ -498,6 +506,25 @@ def _mark_stale(session: Session, rnd: DistributionRound, actor: Actor, because:
                  after={"status": R.stale.value, "because": because})
 
 
+def approval_refusal(rnd: DistributionRound, actor: Actor) -> DomainError | None:
+    """Why ``actor`` may not approve ``rnd`` as it stands (the error :func:`approve_round`
+    raises), or ``None`` when they may: only a caseworker, never the one who prepared it
+    (four eyes), and only a prepared round. The snapshot check (:func:`snapshot_problems`)
+    comes on top when approving."""
+    try:
+        _require_caseworker(actor, "approve a round")
+    except Forbidden as exc:
+        return exc
+    if rnd.prepared_by == actor.staff_id:
+        return FourEyes(f"round {rnd.id} was prepared by you; another caseworker must approve it")
+    if rnd.status == R.stale.value:
+        return StaleRound(f"round {rnd.id} is stale: a claim changed after it was prepared; "
+                          "prepare it again")
+    if rnd.status != R.prepared.value:
+        return Conflict(f"round {rnd.id} is {rnd.status}; only a prepared round can be approved")
+    return None
+
+
 def approve_round(
     session: Session, round_id: object, *, actor: Actor, persist_stale: bool = False
 ) -> DistributionRound:
@@ -510,13 +537,9 @@ def approve_round(
     """
     _require_caseworker(actor, "approve a round")
     rnd = get_round(session, round_id, lock=True)
-    if rnd.prepared_by == actor.staff_id:
-        raise FourEyes(f"round {rnd.id} was prepared by you; another caseworker must approve it")
-    if rnd.status == R.stale.value:
-        raise StaleRound(f"round {rnd.id} is stale: a claim changed after it was prepared; "
-                         "prepare it again")
-    if rnd.status != R.prepared.value:
-        raise Conflict(f"round {rnd.id} is {rnd.status}; only a prepared round can be approved")
+    refusal = approval_refusal(rnd, actor)
+    if refusal is not None:
+        raise refusal
     problems = snapshot_problems(session, rnd)
     if problems:
         _mark_stale(session, rnd, actor, "; ".join(problems))
