@@ -1,4 +1,4 @@
-"""Settings from the environment (prefix ``RESTITUTION_``), CONTRACT.md "Configuration".
+"""Settings from the environment (prefix ``RESTITUTION_``): docs/configuration.md.
 
 Keys that are not given are generated on first use into ``./var/`` of the working directory
 (mode 0600) and reused afterwards; they are never committed (``var/`` is git-ignored).
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     rate_limit: str = "20/minute"
     rate_limit_storage: str = "memory://"
     password: str | None = Field(default=None, repr=False)
-    # Staff tokens: lifetime in seconds (CONTRACT: valid ≥ 15 minutes).
+    # Staff tokens: lifetime in seconds (at least 15 minutes: docs/api.md).
     token_ttl_seconds: int = 3600
 
     @field_validator("public_url")
