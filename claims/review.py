@@ -236,7 +236,8 @@ def _history(session: Session, claim_id: int) -> dict[str, list[dict[str, Any]]]
             for f in flags
         ],
         "decisions": [
-            {"decision": d.decision, "reason": d.reason, "recognized_loss": _amount(d.recognized_loss),
+            {"decision": d.decision, "reason": d.reason,
+             "recognized_loss": _amount(d.recognized_loss),
              "overridden_flags": list(d.overridden_flags or []), "staff": username,
              "created_at": _ts(d.created_at)}
             for d, username in decisions
