@@ -1,6 +1,7 @@
 """The caseworker's review: the queue, a claim with its ledger evidence, decisions, settlements.
 
-Rules (DESIGN.md "Claim lifecycle"; CONTRACT.md "Staff"):
+Rules (docs/lifecycle.md "Caseworker decisions" and "Disputes"; the HTTP side: docs/api.md
+"Caseworker: review"):
 
 - Decisions are taken on ``flagged`` claims only (anything else → ``IllegalTransition``, 409):
   ``approve`` → ``approved``, ``reject`` → ``rejected`` (the reason is told to the victim),
@@ -30,7 +31,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections import defaultdict, namedtuple
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +39,9 @@ from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
-from claims import lifecycle, outbox
-from claims.audit import Actor, bind_value, bulk_insert, driver_sql, json_str
-from claims.db import lock_clause
+from claims import lifecycle
+from claims.audit import Actor
+from claims.db import bind_value, bulk_insert, for_update, in_values, next_ids
 from claims.errors import IllegalTransition, InvalidInput, NotFound
 from claims.gc_pause import gc_paused
 from claims.models import (
@@ -57,7 +58,7 @@ from claims.models import (
     StaffUser,
     utcnow,
 )
-from claims.money import format_amount
+from claims.money import format_amount, net_loss
 
 DECISIONS = ("approve", "reject", "request_info")
 _REFERENCE_SHAPE = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -160,8 +161,8 @@ def _claim(session: Session, reference: str, *, lock: bool = False) -> Claim:
     if not isinstance(reference, str) or not _REFERENCE_SHAPE.fullmatch(reference):
         raise NotFound(f"no claim {reference!r}")
     stmt = select(Claim).where(Claim.reference == reference)
-    if lock and lock_clause(session):
-        stmt = stmt.with_for_update()
+    if lock:
+        stmt = for_update(stmt, session)
     claim = session.execute(stmt).scalar_one_or_none()
     if claim is None:
         raise NotFound(f"no claim {reference}")
@@ -173,59 +174,7 @@ def claim_for_staff(session: Session, reference: str) -> dict[str, Any]:
     movements and totals beside it. The IIN only masked."""
     claim = _claim(session, reference)
     case_code = session.execute(select(Case.code).where(Case.id == claim.case_id)).scalar_one()
-    flags = session.execute(
-        select(Flag).where(Flag.claim_id == claim.id).order_by(Flag.id)
-    ).scalars().all()
-    decisions = session.execute(
-        select(Decision, StaffUser.username)
-        .outerjoin(StaffUser, StaffUser.id == Decision.staff_id)
-        .where(Decision.claim_id == claim.id)
-        .order_by(Decision.id)
-    ).all()
-    messages = session.execute(
-        select(ClaimMessage).where(ClaimMessage.claim_id == claim.id).order_by(ClaimMessage.id)
-    ).scalars().all()
-    documents = session.execute(
-        select(Document).where(Document.claim_id == claim.id).order_by(Document.created_at,
-                                                                         Document.id)
-    ).scalars().all()
-
-    ledger = None
-    ledger_net_loss = None
-    if claim.ledger_account_pk is not None:
-        account = session.get(LedgerAccount, claim.ledger_account_pk)
-        count = session.execute(
-            select(func.count()).select_from(LedgerEntry)
-            .where(LedgerEntry.account_pk == account.id)
-        ).scalar_one()
-        entries = session.execute(
-            select(LedgerEntry).where(LedgerEntry.account_pk == account.id)
-            .order_by(LedgerEntry.occurred_at, LedgerEntry.id).limit(MAX_ENTRIES)
-        ).scalars().all()
-        ledger_net_loss = max(0, account.deposits - account.withdrawals)
-        ledger = {
-            "account_id": account.account_id,
-            "insider": bool(account.insider),
-            "insider_reason": account.insider_reason,
-            "deposits": format_amount(account.deposits),
-            "withdrawals": format_amount(account.withdrawals),
-            "bonuses": format_amount(account.bonuses),
-            "net_loss": format_amount(ledger_net_loss),
-            "net_winner": account.withdrawals >= account.deposits,
-            "entries_count": count,
-            "entries": [
-                {
-                    "entry_type": e.entry_type,
-                    "amount": format_amount(e.amount),
-                    "occurred_at": _ts(e.occurred_at),
-                    "tx_hash": e.tx_hash,
-                    "wallet": e.wallet,
-                    "email": e.email,
-                    "phone": e.phone,
-                }
-                for e in entries
-            ],
-        }
+    ledger, ledger_net_loss = _ledger_evidence(session, claim.ledger_account_pk)
     compare_to = claim.recognized_loss if claim.recognized_loss is not None else ledger_net_loss
     return {
         "reference": claim.reference,
@@ -257,13 +206,38 @@ def claim_for_staff(session: Session, reference: str) -> dict[str, Any]:
         "updated_at": _ts(claim.updated_at),
         "verified_at": _ts(claim.verified_at),
         "decided_at": _ts(claim.decided_at),
+        **_history(session, claim.id),
+        "ledger": ledger,
+    }
+
+
+def _history(session: Session, claim_id: int) -> dict[str, list[dict[str, Any]]]:
+    """A claim's flags, decisions (with who took them), messages and documents, oldest first."""
+    flags = session.execute(
+        select(Flag).where(Flag.claim_id == claim_id).order_by(Flag.id)
+    ).scalars().all()
+    decisions = session.execute(
+        select(Decision, StaffUser.username)
+        .outerjoin(StaffUser, StaffUser.id == Decision.staff_id)
+        .where(Decision.claim_id == claim_id)
+        .order_by(Decision.id)
+    ).all()
+    messages = session.execute(
+        select(ClaimMessage).where(ClaimMessage.claim_id == claim_id).order_by(ClaimMessage.id)
+    ).scalars().all()
+    documents = session.execute(
+        select(Document).where(Document.claim_id == claim_id).order_by(Document.created_at,
+                                                                         Document.id)
+    ).scalars().all()
+    return {
         "flags": [
             {"code": f.code, "message": f.message, "open": f.resolved_at is None,
              "created_at": _ts(f.created_at), "resolved_at": _ts(f.resolved_at)}
             for f in flags
         ],
         "decisions": [
-            {"decision": d.decision, "reason": d.reason, "recognized_loss": _amount(d.recognized_loss),
+            {"decision": d.decision, "reason": d.reason,
+             "recognized_loss": _amount(d.recognized_loss),
              "overridden_flags": list(d.overridden_flags or []), "staff": username,
              "created_at": _ts(d.created_at)}
             for d, username in decisions
@@ -278,16 +252,67 @@ def claim_for_staff(session: Session, reference: str) -> dict[str, Any]:
              "created_at": _ts(d.created_at)}
             for d in documents
         ],
-        "ledger": ledger,
     }
+
+
+def _ledger_evidence(session: Session, account_pk: int | None
+                     ) -> tuple[dict[str, Any] | None, int | None]:
+    """The matched ledger account (its totals and up to :data:`MAX_ENTRIES` movements, oldest
+    first) and its net loss; ``(None, None)`` for a claim without a match."""
+    if account_pk is None:
+        return None, None
+    account = session.get(LedgerAccount, account_pk)
+    count = session.execute(
+        select(func.count()).select_from(LedgerEntry)
+        .where(LedgerEntry.account_pk == account.id)
+    ).scalar_one()
+    entries = session.execute(
+        select(LedgerEntry).where(LedgerEntry.account_pk == account.id)
+        .order_by(LedgerEntry.occurred_at, LedgerEntry.id).limit(MAX_ENTRIES)
+    ).scalars().all()
+    loss = net_loss(account.deposits, account.withdrawals)
+    return {
+        "account_id": account.account_id,
+        "insider": bool(account.insider),
+        "insider_reason": account.insider_reason,
+        "deposits": format_amount(account.deposits),
+        "withdrawals": format_amount(account.withdrawals),
+        "bonuses": format_amount(account.bonuses),
+        "net_loss": format_amount(loss),
+        "net_winner": account.withdrawals >= account.deposits,
+        "entries_count": count,
+        "entries": [
+            {
+                "entry_type": e.entry_type,
+                "amount": format_amount(e.amount),
+                "occurred_at": _ts(e.occurred_at),
+                "tx_hash": e.tx_hash,
+                "wallet": e.wallet,
+                "email": e.email,
+                "phone": e.phone,
+            }
+            for e in entries
+        ],
+    }, loss
 
 
 # ------------------------------------------------------------------ decisions
 
+#: What each decision does: the status it moves the claim to, the audit action, the notice.
+MOVES = {
+    "approve": (ClaimStatus.approved.value, "claim.approved", "approved"),
+    "reject": (ClaimStatus.rejected.value, "claim.rejected", "rejected"),
+    "request_info": (ClaimStatus.needs_info.value, "claim.info_requested", "needs_info"),
+}
+#: The message a missing or blank reason gets (here and in the API's request models).
+REASON_REQUIRED = "is required: say why"
 
-def _reason(reason: object) -> str:
+
+def check_reason(reason: object) -> str:
+    """A decision's or settlement's reason, stripped; ``InvalidInput`` (field ``reason``)
+    when it is missing, blank, holds a NUL character or is too long."""
     if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput([{"field": "reason", "message": "is required: say why"}])
+        raise InvalidInput([{"field": "reason", "message": REASON_REQUIRED}])
     reason = reason.strip()
     if "\x00" in reason:
         raise InvalidInput([{"field": "reason", "message": "must not contain NUL characters"}])
@@ -316,7 +341,7 @@ def _check_decision(decision: object, reason: object, recognized_loss: object,
         if decision not in DECISIONS:
             raise InvalidInput([{"field": "decision",
                                  "message": "must be approve, reject or request_info"}])
-        reason = _reason(reason)
+        reason = check_reason(reason)
         if recognized_loss is not None:
             if isinstance(recognized_loss, bool) or not isinstance(recognized_loss, int) \
                     or recognized_loss < 0:
@@ -354,12 +379,10 @@ def decide(
 MAX_BATCH = 500
 
 
-@gc_paused()
-def decide_many(session: Session, decisions: Sequence[dict], *, actor: Actor) -> list[dict]:
-    """Several decisions at once (a caseworker's bulk action on the queue), all or none:
-    each item is ``{"reference", "decision", "reason", "recognized_loss"?}`` under the same
-    rules as :func:`decide`, and the result is :func:`decide`'s answer for each, in order.
-    An error names the item (``decisions[3].reason``); nothing is written then."""
+def check_batch(decisions: object) -> list[tuple[str, str, str, int | None]]:
+    """The input rules of a batch of decisions (see :func:`decide_many`), every bad item
+    named (``decisions[3].reason``): ``(reference, decision, reason, recognized_loss)``
+    each, in order."""
     if not isinstance(decisions, (list, tuple)) or not decisions:
         raise InvalidInput([{"field": "decisions", "message": "must list at least one decision"}])
     if len(decisions) > MAX_BATCH:
@@ -389,27 +412,62 @@ def decide_many(session: Session, decisions: Sequence[dict], *, actor: Actor) ->
             errors.extend(exc.errors)
     if errors:
         raise InvalidInput(errors)
-    return _decide(session, items, actor=actor, field="decisions")
+    return items
+
+
+@gc_paused()
+def decide_many(session: Session, decisions: Sequence[dict], *, actor: Actor) -> list[dict]:
+    """Several decisions at once (a caseworker's bulk action on the queue), all or none:
+    each item is ``{"reference", "decision", "reason", "recognized_loss"?}`` under the same
+    rules as :func:`decide`, and the result is :func:`decide`'s answer for each, in order.
+    An error names the item (``decisions[3].reason``); nothing is written then."""
+    return _decide(session, check_batch(decisions), actor=actor, field="decisions")
 
 
 def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]], *,
             actor: Actor, field: str) -> list[dict]:
-    """Apply checked decisions ``(reference, decision, reason, recognized_loss)``: one
-    Decision row each, the claims moved by kind with bulk statements (audit events and the
-    victims' notifications with them), approved claims' open flags resolved.
+    """Apply checked decisions ``(reference, decision, reason, recognized_loss)`` in bulk:
+    the claims read and checked, one Decision row each, the claims moved by kind through
+    :func:`claims.lifecycle.transition_many` (audit events and notices with them), the
+    requests for information stored, approved claims' open flags resolved."""
+    claims = _flagged_claims(session, [ref for ref, *_ in items])
+    open_codes = _open_flag_codes(
+        session, [c.id for c, item in zip(claims, items) if item[1] == "approve"])
+    now = utcnow()
+    values, rows = _plan(claims, items, open_codes, actor=actor, now=now, field=field)
+    decision_ids = _insert_decisions(session, rows, now)
+    _move_claims(session, claims, values, rows, decision_ids, actor=actor)
+    _store_requests(session, claims, rows, now)
+    _resolve_flags(session, [(claims[i].id, decision_ids[i]) for i, row in enumerate(rows)
+                             if row["decision"] == "approve" and open_codes.get(claims[i].id)],
+                   now)
+    now_ts = _ts(now)
+    return [
+        {"reference": claim.reference, "status": MOVES[row["decision"]][0],
+         "decision": {"id": str(did), "decision": row["decision"], "reason": row["reason"],
+                      "recognized_loss": _amount(row["recognized_loss"]),
+                      "overridden_flags": list(row["overridden_flags"]),
+                      "created_at": now_ts}}
+        for claim, row, did in zip(claims, rows, decision_ids)
+    ]
 
-    The claims are read as light rows (the columns used here), not model objects; each
-    group of claims moves through :func:`claims.lifecycle.apply_transition` with the audit
-    texts :func:`claims.lifecycle.transition_many` would write for the same values, and a
-    Claim object already loaded in the session is updated as that function would update it."""
-    many = bool(field)
-    refs = [ref for ref, *_ in items]
+
+# What a decision reads of a claim: the light row transition_many and the outbox take.
+_CLAIM_COLUMNS = (Claim.id, Claim.reference, Claim.status, Claim.case_id, Claim.version,
+                  Claim.ledger_account_pk, Claim.invested, Claim.withdrawn,
+                  Claim.recognized_loss, Claim.decided_at, Claim.language, Claim.email)
+
+
+def _flagged_claims(session: Session, refs: Sequence[str]) -> list[Any]:
+    """The claims of ``refs`` as light rows (not model objects), in order and locked for
+    update; ``NotFound`` for an unknown one, ``IllegalTransition`` for one not flagged."""
     for ref in refs:
         if not _REFERENCE_SHAPE.fullmatch(ref):
             raise NotFound(f"no claim {ref!r}")
-    by_ref = {c.reference: c for c in _read_claims(session, refs)}
-    claims = []
+    stmt = select(*_CLAIM_COLUMNS).where(in_values(session, Claim.reference, refs))
+    by_ref = {c.reference: c for c in session.execute(for_update(stmt, session))}
     flagged = ClaimStatus.flagged.value
+    claims = []
     for ref in refs:
         claim = by_ref.get(ref)
         if claim is None:
@@ -418,187 +476,108 @@ def _decide(session: Session, items: Sequence[tuple[str, str, str, int | None]],
             raise IllegalTransition(
                 f"decisions are taken on flagged claims; {claim.reference} is {claim.status}")
         claims.append(claim)
+    return claims
 
-    # approvals override the open flags: read them all at once
-    approve_ids = [c.id for c, (_, d, _, _) in zip(claims, items) if d == "approve"]
+
+def _open_flag_codes(session: Session, claim_ids: Sequence[int]) -> dict[int, set[str]]:
+    """The codes of the open flags of ``claim_ids`` (those an approval overrides)."""
     open_codes: dict[int, set[str]] = defaultdict(set)
-    if approve_ids:
+    if claim_ids:
         for claim_id, code in session.execute(
             select(Flag.claim_id, Flag.code)
-            .where(Flag.claim_id.in_(approve_ids), Flag.resolved_at.is_(None))
+            .where(in_values(session, Flag.claim_id, claim_ids), Flag.resolved_at.is_(None))
         ):
             open_codes[claim_id].add(code)
+    return open_codes
 
-    now = utcnow()
+
+def approved_amounts(claim: Any, recognized_loss: int | None, *,
+                     field: str = "recognized_loss") -> dict[str, int]:
+    """The amounts an approval sets on ``claim`` (see the module docstring): none when the
+    ledger's net loss stands, else ``recognized_loss``, ``withdrawn`` and ``invested =
+    withdrawn + recognized_loss``. ``InvalidInput`` (named ``field``) when an unmatched claim
+    has no amount or 0."""
+    matched = claim.ledger_account_pk is not None and claim.recognized_loss is not None
+    if recognized_loss is None and not matched:
+        raise InvalidInput([{"field": field, "message":
+                             "is required to approve a claim without a ledger match"}])
+    if not matched and recognized_loss == 0:
+        raise InvalidInput([{"field": field, "message": "must be greater than 0"}])
+    if recognized_loss is None:
+        return {}
+    withdrawn = claim.withdrawn if matched and claim.withdrawn is not None else 0
+    return {"recognized_loss": recognized_loss, "withdrawn": withdrawn,
+            "invested": withdrawn + recognized_loss}
+
+
+def _plan(claims: Sequence[Any], items: Sequence[tuple[str, str, str, int | None]],
+          open_codes: dict[int, set[str]], *, actor: Actor, now, field: str
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each claim's new column values and its Decision row (an approval overrides the
+    claim's open flags)."""
     values: list[dict[str, Any]] = []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (claim, (_, decision, reason, recognized_loss)) in enumerate(zip(claims, items)):
-        v: dict[str, Any] = {"decided_at": now}
+        vals: dict[str, Any] = {"decided_at": now}
         overridden: list[str] = []
         if decision == "approve":
-            matched = claim.ledger_account_pk is not None and claim.recognized_loss is not None
-            amount_field = (f"{field}[{i}]." if many else "") + "recognized_loss"
-            if recognized_loss is None and not matched:
-                raise InvalidInput([{"field": amount_field, "message":
-                                     "is required to approve a claim without a ledger match"}])
-            if not matched and recognized_loss == 0:
-                raise InvalidInput([{"field": amount_field,
-                                     "message": "must be greater than 0"}])
-            if recognized_loss is not None:
-                withdrawn = claim.withdrawn if matched and claim.withdrawn is not None else 0
-                v.update(recognized_loss=recognized_loss, withdrawn=withdrawn,
-                         invested=withdrawn + recognized_loss)
+            vals.update(approved_amounts(
+                claim, recognized_loss,
+                field=(f"{field}[{i}]." if field else "") + "recognized_loss"))
             overridden = sorted(open_codes.get(claim.id, ()))
-        values.append(v)
+        values.append(vals)
         rows.append({
             "claim_id": claim.id, "staff_id": actor.staff_id, "decision": decision,
             "reason": reason,
             "recognized_loss": recognized_loss if decision == "approve" else None,
             "overridden_flags": overridden, "created_at": now,
         })
-    decision_ids = _insert_decisions(session, rows, now)
+    return values, rows
 
-    # the claims move by kind; each keeps its own audit detail and notice
+
+def _notice_context(decision: str, claim: Any, vals: dict[str, Any], reason: str) -> dict:
+    """What the victim's notice of ``decision`` says besides the reference."""
+    if decision == "approve":
+        return {"recognized_loss": format_amount(vals.get("recognized_loss",
+                                                          claim.recognized_loss))}
+    if decision == "reject":
+        return {"reason": reason}
+    return {"request": reason}
+
+
+def _move_claims(session: Session, claims: Sequence[Any], values: Sequence[dict],
+                 rows: Sequence[dict], decision_ids: Sequence[int], *, actor: Actor) -> None:
+    """Move the claims by kind of decision, each with its own values, audit detail (the
+    decision, its id, the reason, the flags an approval overrode) and notice."""
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, (_, decision, _, _) in enumerate(items):
-        groups[decision].append(i)
-    messages = []
-    now_text = json_str(now.isoformat())
+    for i, row in enumerate(rows):
+        groups[row["decision"]].append(i)
     for decision, idx in groups.items():
-        to, action, notify = _MOVES[decision]
-        # what lifecycle.transition_many writes: the union of the group's columns (a claim
-        # without a column keeps its value), before = status + its own columns as they were,
-        # after = status + its own new values + the decision's detail (the texts written as
-        # canonical_text(jsonable(...)) of those dicts: keys in sorted order, no spaces)
-        keys = sorted({k for i in idx for k in values[i]})
-        to_text = json_str(to.value)
-        head = f'{{"decided_at":{now_text},"decision":{json_str(decision)},"decision_id":'
-        moves = []
-        notices = []
+        to, action, notify = MOVES[decision]
+        group = [claims[i] for i in idx]
+        detail = {}
         for i in idx:
-            claim, row, vals = claims[i], rows[i], values[i]
-            reason = json_str(row["reason"])
-            if len(vals) == 1:  # decided_at only
-                before = (f'{{"decided_at":{_j_time(claim.decided_at)},'
-                          f'"status":{json_str(claim.status)}}}')
-                if decision == "approve":
-                    after = (f'{head}{decision_ids[i]},'
-                             f'"overridden_flags":{_j_list(row["overridden_flags"])},'
-                             f'"reason":{reason},"status":{to_text}}}')
-                else:
-                    after = f'{head}{decision_ids[i]},"reason":{reason},"status":{to_text}}}'
-            else:  # an approval with an amount: decided_at, invested, recognized_loss, withdrawn
-                before = (f'{{"decided_at":{_j_time(claim.decided_at)},'
-                          f'"invested":{_j(claim.invested)},'
-                          f'"recognized_loss":{_j(claim.recognized_loss)},'
-                          f'"status":{json_str(claim.status)},"withdrawn":{_j(claim.withdrawn)}}}')
-                after = (f'{head}{decision_ids[i]},"invested":{_j(vals["invested"])},'
-                         f'"overridden_flags":{_j_list(row["overridden_flags"])},'
-                         f'"reason":{reason},"recognized_loss":{_j(vals["recognized_loss"])},'
-                         f'"status":{to_text},"withdrawn":{_j(vals["withdrawn"])}}}')
+            detail[claims[i].id] = {"decision": decision, "decision_id": decision_ids[i],
+                                    "reason": rows[i]["reason"]}
             if decision == "approve":
-                loss = vals.get("recognized_loss", claim.recognized_loss)
-                ctx = {"recognized_loss": format_amount(loss)}
-            elif decision == "reject":
-                ctx = {"reason": row["reason"]}
-            else:
-                ctx = {"request": row["reason"]}
-                messages.append({"claim_id": claim.id, "kind": "request", "body": row["reason"],
-                                 "created_at": now})
-            moves.append((claim, [vals[k] if k in vals else getattr(claim, k) for k in keys],
-                          before, after))
-            notices.append((claim, notify, ctx, None))
-        moved_at = utcnow()
-        lifecycle.apply_transition(session, to.value, actor=actor, action=action,
-                                   columns=keys, items=moves, now=moved_at)
-        _reflect(session, [claims[i] for i in idx], [values[i] for i in idx], to.value,
-                 moved_at)
-        outbox.enqueue_many(session, notices)
-    if messages:
-        session.connection().execute(insert(ClaimMessage.__table__), messages)
-    resolve = [{"b_claim": claims[i].id, "b_decision": decision_ids[i]}
-               for i in range(len(items)) if items[i][1] == "approve"
-               and open_codes.get(claims[i].id)]
-    if resolve:
-        table = Flag.__table__
-        session.connection().execute(
-            update(table)
-            .where(table.c.claim_id == bindparam("b_claim"), table.c.resolved_at.is_(None))
-            .values(resolved_at=now, decision_id=bindparam("b_decision")),
-            resolve,
+                detail[claims[i].id]["overridden_flags"] = rows[i]["overridden_flags"]
+        lifecycle.transition_many(
+            session, group, to, actor=actor, action=action, notify=notify,
+            per_claim_values={claims[i].id: values[i] for i in idx},
+            per_claim_audit=detail,
+            per_claim_context={claims[i].id: _notice_context(decision, claims[i], values[i],
+                                                             rows[i]["reason"]) for i in idx},
         )
-    now_ts = _ts(now)
-    status_of = {d: to.value for d, (to, _, _) in _MOVES.items()}
-    return [
-        {"reference": claim.reference, "status": status_of[rows[i]["decision"]],
-         "decision": {"id": str(decision_ids[i]), "decision": rows[i]["decision"],
-                      "reason": rows[i]["reason"],
-                      "recognized_loss": _amount(rows[i]["recognized_loss"]),
-                      "overridden_flags": list(rows[i]["overridden_flags"]),
-                      "created_at": now_ts}}
-        for i, claim in enumerate(claims)
-    ]
+        _reflect(session, group, [values[i] for i in idx], to)
 
 
-def _j(value: int | None) -> str:
-    """``canonical_text`` of an amount or None."""
-    return "null" if value is None else str(int(value))
-
-
-def _j_time(value) -> str:
-    """``canonical_text(jsonable(value))`` of a time or None."""
-    return "null" if value is None else json_str(value.isoformat())
-
-
-def _j_list(values: Sequence[str]) -> str:
-    """``canonical_text`` of a list of strings."""
-    return "[" + ",".join(map(json_str, values)) + "]"
-
-
-# What _decide reads of a claim (and apply_transition, outbox.enqueue_many need of it).
-_ClaimRow = namedtuple("_ClaimRow", "id reference status case_id version ledger_account_pk "
-                       "invested withdrawn recognized_loss decided_at language email")
-_CLAIM_SQL = ("SELECT id, reference, status, case_id, version, ledger_account_pk, invested, "
-              "withdrawn, recognized_loss, decided_at, language, email FROM claim "
-              "WHERE reference IN ({})")
-
-
-def _read_claims(session: Session, refs: Sequence[str]) -> list[_ClaimRow]:
-    """The claims of ``refs`` (those that exist) as light rows, locked for update where
-    that means something: one statement by the driver's cursor in the session's
-    transaction (after the autoflush ``session.execute`` would do), ``decided_at`` through
-    its column type's result processing."""
-    if session.autoflush:
-        session.flush()
-    sql = _CLAIM_SQL.format(", ".join("?" * len(refs)))
-    if lock_clause(session):
-        sql += " FOR UPDATE"
-    conn = session.connection()
-    dialect = conn.dialect
-    proc = _time_processors.get(dialect.name)
-    if proc is None:
-        proc = _time_processors[dialect.name] = (
-            Claim.__table__.c.decided_at.type.dialect_impl(dialect).result_processor(dialect, None)
-            or (lambda v: v))
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.execute(driver_sql(session, sql), tuple(refs))
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    return [_ClaimRow(*r[:9], None if r[9] is None else proc(r[9]), r[10], r[11]) for r in rows]
-
-
-_time_processors: dict[str, Any] = {}
-
-
-def _reflect(session: Session, claims: Sequence[Any], values: Sequence[dict], to: str,
-             now) -> None:
+def _reflect(session: Session, claims: Sequence[Any], values: Sequence[dict], to: str) -> None:
     """Reflect a group's move on the Claim objects this session has already loaded (as
     :func:`claims.lifecycle.transition_many` does on the objects it is given), without
     making the ORM write them again."""
     if not session.identity_map:
         return
+    now = utcnow()
     for claim, vals in zip(claims, values):
         obj = session.identity_map.get(session.identity_key(Claim, claim.id))
         if obj is not None:
@@ -612,20 +591,15 @@ _DECISION_COLUMNS = ("id", "claim_id", "staff_id", "decision", "reason", "recogn
 
 
 def _insert_decisions(session: Session, rows: list[dict[str, Any]], now) -> list[int]:
-    """Insert the Decision rows; their ids, in order. As :func:`claims.intake._insert_claims`
-    does for claims: the ids taken first (:func:`claims.db.next_ids`), then one ``COPY`` /
-    ``executemany`` of values bound as the column
-    types bind them (``overridden_flags`` as the JSON type's ``json.dumps`` text). Other
-    databases: ``INSERT … RETURNING``."""
-    from claims.db import next_ids
-
+    """Insert the Decision rows in bulk; their ids, in order (taken first, so that the audit
+    events can name them)."""
     ids = next_ids(session.connection(), "decision", len(rows))
     if ids is None:  # pragma: no cover - the project runs on SQLite and PostgreSQL
         return list(session.execute(
             insert(Decision).returning(Decision.id, sort_by_parameter_order=True), rows
         ).scalars())
     created = bind_value(session, Decision.__table__.c.created_at, now)
-    dumps = json.dumps
+    dumps = json.dumps  # the JSON column's own encoding of the overridden codes
     bulk_insert(session, Decision.__table__, _DECISION_COLUMNS, [
         (did, r["claim_id"], r["staff_id"], r["decision"], r["reason"], r["recognized_loss"],
          dumps(r["overridden_flags"]) if r["overridden_flags"] else "[]", created)
@@ -634,11 +608,30 @@ def _insert_decisions(session: Session, rows: list[dict[str, Any]], now) -> list
     return ids
 
 
-_MOVES = {
-    "approve": (ClaimStatus.approved, "claim.approved", "approved"),
-    "reject": (ClaimStatus.rejected, "claim.rejected", "rejected"),
-    "request_info": (ClaimStatus.needs_info, "claim.info_requested", "needs_info"),
-}
+def _store_requests(session: Session, claims: Sequence[Any], rows: Sequence[dict],
+                    now) -> None:
+    """A request for information becomes a ``request`` message the victim sees and answers."""
+    created = bind_value(session, ClaimMessage.__table__.c.created_at, now)
+    bulk_insert(session, ClaimMessage.__table__, ("claim_id", "kind", "body", "created_at"),
+                [(claim.id, "request", row["reason"], created)
+                 for claim, row in zip(claims, rows) if row["decision"] == "request_info"])
+
+
+def _resolve_flags(session: Session, pairs: Sequence[tuple[int, int]], now) -> None:
+    """Resolve the open flags of approved claims ``(claim id, decision id)``: the decision
+    that overrode them."""
+    if not pairs:
+        return
+    table = Flag.__table__
+    session.connection().execute(
+        update(table)
+        .where(table.c.claim_id == bindparam("b_claim"), table.c.resolved_at.is_(None))
+        .values(resolved_at=now, decision_id=bindparam("b_decision")),
+        [{"b_claim": claim_id, "b_decision": did} for claim_id, did in pairs],
+    )
+
+
+# ------------------------------------------------------------------ settlements
 
 
 def _rounds_hook():
@@ -658,7 +651,7 @@ def settle(
     """Settle a disputed claim at ``amount`` (micro-USDT): ``disputed`` → ``approved`` with
     ``recognized_loss = amount`` (``invested = withdrawn + amount``), a ``settle`` decision,
     a ``settlement`` message, the victim told (``dispute_settled``), and the rounds hook."""
-    reason = _reason(reason)
+    reason = check_reason(reason)
     if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
         raise InvalidInput([{"field": "amount", "message": "must be an amount ≥ 0"}])
     claim = _claim(session, reference, lock=True)

@@ -1,4 +1,6 @@
-"""Staff accounts, sign-in and bearer tokens (CONTRACT.md "Staff"; DESIGN.md "People").
+"""Staff accounts, sign-in and bearer tokens (docs/api.md "Staff sign-in"; the roles:
+docs/lifecycle.md "Who may do what (four eyes)"; the ``restitution users`` commands:
+docs/operations.md).
 
 Roles: ``caseworker``, ``finance``, ``admin``, ``auditor`` (reads everything, changes nothing).
 Passwords are argon2id hashes (:mod:`claims.crypto`), at least 12 characters. An optional TOTP
@@ -62,6 +64,7 @@ from claims.crypto import (
     new_token,
     verify_password,
 )
+from claims.db import for_update, is_sqlite
 from claims.errors import AuthFailed, Conflict, InvalidInput, NotFound, TooManyAttempts
 from claims.models import RevokedToken, Role, StaffUser, utcnow
 from claims.settings import get_settings
@@ -138,8 +141,8 @@ def validate_password(password: object) -> str:
 
 def get_user(session: Session, username: str, *, lock: bool = False) -> StaffUser:
     stmt = select(StaffUser).where(StaffUser.username == username)
-    if lock and session.get_bind().dialect.name != "sqlite":
-        stmt = stmt.with_for_update()
+    if lock:
+        stmt = for_update(stmt, session)
     user = session.execute(stmt).scalar_one_or_none()
     if user is None:
         raise NotFound(f"no staff member named {username!r}")
@@ -334,7 +337,7 @@ def _own_session(session: Session, *, write: bool = True) -> Session:
 
 
 def _check_fresh(session: Session) -> None:
-    if session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+    if session.in_transaction() and is_sqlite(session):
         raise RuntimeError(
             "claims.staff.authenticate must run before its session starts a transaction "
             "(its bookkeeping commits on its own, and SQLite allows one writer)"
@@ -346,10 +349,8 @@ def _record_failure(session: Session, user_id: int, username: str, reason: str,
     """Count one failure durably (own transaction); returns the refusal to give when the
     count reached the throttle or the lock-out."""
     with _own_session(session) as own:
-        stmt = select(StaffUser).where(StaffUser.id == user_id)
-        if own.get_bind().dialect.name != "sqlite":
-            stmt = stmt.with_for_update()
-        user = own.execute(stmt).scalar_one()
+        user = own.execute(
+            for_update(select(StaffUser).where(StaffUser.id == user_id), own)).scalar_one()
         state = _next_failure(_FailureState(user.failed_logins, user.last_failed_at,
                                             user.locked_until), now)
         own.execute(update(StaffUser).where(StaffUser.id == user_id).values(

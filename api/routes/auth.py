@@ -1,4 +1,4 @@
-"""``POST /api/v1/auth/token``: the OAuth2 password flow for staff (CONTRACT.md "Staff")."""
+"""``POST /api/v1/auth/token``: the OAuth2 password flow for staff (docs/api.md "Staff sign-in")."""
 
 from __future__ import annotations
 

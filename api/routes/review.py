@@ -1,4 +1,5 @@
-"""The caseworker's review API (CONTRACT.md "Staff"): queue, claim, decision, settlement.
+"""The caseworker's review API (docs/api.md "Caseworker: review"): queue, claim, decision,
+settlement.
 
 Caseworkers read and decide; the auditor reads; finance and admin → 403; no token → 401.
 The rules live in :mod:`claims.review`.
@@ -16,20 +17,30 @@ from api.deps import ReadSessionDep, SessionDep
 from api.problems import problems
 from claims import review
 from claims.models import FLAG_CODES, ClaimStatus
-from claims.money import AmountError, parse_amount
+from claims.money import AMOUNT_PATTERN, AmountError, parse_amount
 
 router = staff_router(tags=["review"])
 
-AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
-
 
 def _amount_or_none(value: object) -> object:
+    """An amount field's value checked as :func:`claims.money.parse_amount` reads it (its
+    message when it cannot), still as text."""
     if value is None:
         return None
     try:
         parse_amount(value)
     except AmountError as exc:
         raise ValueError(str(exc)) from None
+    return value
+
+
+def _micro(value: str | None) -> int | None:
+    return None if value is None else parse_amount(value)
+
+
+def _reason_given(value: str) -> str:
+    if not value.strip():
+        raise ValueError(review.REASON_REQUIRED)
     return value
 
 
@@ -164,9 +175,7 @@ class DecisionIn(BaseModel):
     @field_validator("reason")
     @classmethod
     def _reason(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("is required: say why")
-        return v
+        return _reason_given(v)
 
 
 class SettleIn(BaseModel):
@@ -185,9 +194,7 @@ class SettleIn(BaseModel):
     @field_validator("reason")
     @classmethod
     def _reason(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("is required: say why")
-        return v
+        return _reason_given(v)
 
 
 class DecisionResult(BaseModel):
@@ -207,6 +214,11 @@ class DecisionResponse(BaseModel):
 
 class BatchDecisionIn(DecisionIn):
     reference: str = Field(min_length=1, max_length=64)
+
+    def as_item(self) -> dict:
+        """The item :func:`claims.review.decide_many` takes (amounts in micro-USDT)."""
+        return {"reference": self.reference, "decision": self.decision, "reason": self.reason,
+                "recognized_loss": _micro(self.recognized_loss)}
 
 
 class BatchIn(BaseModel):
@@ -260,9 +272,8 @@ def claim(reference: str, staff: CaseworkerOrAuditor, session: ReadSessionDep) -
     summary="Approve, reject or request information (caseworker)",
 )
 def decision(reference: str, body: DecisionIn, staff: Caseworker, session: SessionDep) -> dict:
-    amount = parse_amount(body.recognized_loss) if body.recognized_loss is not None else None
     return review.decide(session, reference, decision=body.decision, reason=body.reason,
-                         recognized_loss=amount, actor=staff.actor)
+                         recognized_loss=_micro(body.recognized_loss), actor=staff.actor)
 
 
 @router.post(
@@ -272,13 +283,8 @@ def decision(reference: str, body: DecisionIn, staff: Caseworker, session: Sessi
     summary="Several decisions at once, all or none (caseworker's bulk action)",
 )
 def decisions(body: BatchIn, staff: Caseworker, session: SessionDep) -> dict:
-    items = [
-        {"reference": d.reference, "decision": d.decision, "reason": d.reason,
-         "recognized_loss": (parse_amount(d.recognized_loss)
-                             if d.recognized_loss is not None else None)}
-        for d in body.decisions
-    ]
-    return {"results": review.decide_many(session, items, actor=staff.actor)}
+    return {"results": review.decide_many(session, [d.as_item() for d in body.decisions],
+                                          actor=staff.actor)}
 
 
 @router.post(
@@ -288,5 +294,5 @@ def decisions(body: BatchIn, staff: Caseworker, session: SessionDep) -> dict:
     summary="Settle a dispute at an amount (caseworker)",
 )
 def settle(reference: str, body: SettleIn, staff: Caseworker, session: SessionDep) -> dict:
-    return review.settle(session, reference, amount=parse_amount(body.amount), reason=body.reason,
-                         actor=staff.actor)
+    return review.settle(session, reference, amount=parse_amount(body.amount),
+                         reason=body.reason, actor=staff.actor)

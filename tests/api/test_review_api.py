@@ -405,7 +405,7 @@ def test_decision_is_one_transaction(client, make_staff, filed_claim, engine, mo
         raise RuntimeError("outbox down")
 
     monkeypatch.setattr(outbox, "enqueue", broken)
-    monkeypatch.setattr(outbox, "enqueue_many", broken)
+    monkeypatch.setattr(outbox, "enqueue_batch", broken)
     with pytest.raises(RuntimeError, match="outbox down"):
         decide(client, cw, fc.reference, decision="approve", reason="fine")
     assert counts(engine) == before

@@ -1,4 +1,4 @@
-"""The staff console /staff (api/pages/staff.py, api/pages/staff_auth.py) through TestClient:
+"""The staff console /staff (api/pages/staff/, api/pages/staff_auth.py) through TestClient:
 sign-in and the session cookie, CSRF, role separation with the API's role sets, and every
 page's work (review, rounds, release, admin lists, the audit trail)."""
 
@@ -316,7 +316,7 @@ def test_finance_cannot_decide_claims(client, make_staff, filed_claim, engine):
 
 
 def test_queue_filters_and_pages(client, make_staff, filed_claim, monkeypatch):
-    from api.pages import staff as pages
+    from api.pages.staff import queue as pages
 
     monkeypatch.setattr(pages, "QUEUE_PAGE", 2)
     refs = [filed_claim(case="q-case").reference for _ in range(3)]
@@ -436,7 +436,8 @@ def test_two_caseworkers_prepare_and_approve_a_round(client, make_staff, filed_c
     assert r.status_code == 303
     round_url = r.headers["location"].split("?")[0]
     page = client.get(round_url)
-    assert "You prepared this round" in page.text and "Approve this round" not in page.text
+    assert "was prepared by you; another caseworker must approve it" in page.text
+    assert "Approve this round" not in page.text
     assert f'href="{round_url}/report"' in page.text
     # the preparer cannot approve even by posting
     r = post_form(client, round_url, round_url + "/approve")
@@ -604,7 +605,7 @@ def test_admin_manages_users_blocked_and_insiders(client, make_staff, filed_clai
 
 def test_auditor_reads_the_trail_and_verifies_the_chain(client, make_staff, filed_claim,
                                                         engine, monkeypatch):
-    from api.pages import staff as pages
+    from api.pages.staff import audit as pages
 
     monkeypatch.setattr(pages, "AUDIT_PAGE", 2)
     admin = make_staff("admin")

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from claims import staff
 from claims.audit import Actor
-from claims.db import session_scope
+from claims.db import is_sqlite, session_scope
 from claims.errors import AuthFailed, Conflict, InvalidInput, NotFound, TooManyAttempts
 from claims.models import AuditEvent, StaffUser
 
@@ -295,7 +295,7 @@ def test_authenticate_in_a_session_already_writing(engine):
     add(engine)
     with session_scope(engine) as s:
         s.execute(select(StaffUser.id)).all()
-        if engine.dialect.name == "sqlite":
+        if is_sqlite(engine):
             with pytest.raises(RuntimeError, match="before its session starts"):
                 staff.authenticate(s, "alice", PASSWORD)
         else:
