@@ -436,9 +436,8 @@ def _serve_filing_directly(app) -> None:
     """``POST /api/v1/claims`` — the one operation under load — answered by a plain Starlette
     route placed ahead of the FastAPI route: :func:`post_claim` takes the request alone (it
     reads its body, headers and limits itself), so FastAPI's per-request dependency solving
-    and wrapping only cost time (about half the framework's CPU per filing). The FastAPI route
-    stays for the OpenAPI schema; errors go through the same exception handlers, other
-    methods get the same 405."""
+    and wrapping would only cost time. The FastAPI route stays for the OpenAPI schema; errors
+    go through the same exception handlers, other methods get the same 405."""
     from starlette.routing import Route
 
     if getattr(app.state, "filing_route_installed", False):
