@@ -1,4 +1,4 @@
-"""The victims' API (docs/api.md, "Victims"): file a claim, follow it, act on it.
+"""The victims' API (docs/api.md): file a claim, follow it, act on it.
 
 No login: each claim has an access token (``X-Claim-Token``), given once when it is filed.
 The rules live in :mod:`claims.intake` and :mod:`claims.documents`; this module parses,

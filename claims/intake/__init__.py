@@ -2,7 +2,7 @@
 
 Pure domain (no HTTP): the API (``api/routes/victims.py``), the web pages
 (``api/pages/public.py``) and ``restitution claims import`` all call these functions, so one
-rule holds for every way a claim comes in (docs/api.md, "Victims"; docs/lifecycle.md).
+rule holds for every way a claim comes in (docs/api.md; docs/lifecycle.md).
 
 - :mod:`claims.intake.validation` — a filing's fields → a :class:`Prepared` filing, or
   :class:`~claims.errors.InvalidInput` naming every bad field;

@@ -1,4 +1,4 @@
-"""What a claimant does with a filed claim (docs/api.md, "Victims"; docs/lifecycle.md).
+"""What a claimant does with a filed claim (docs/api.md; docs/lifecycle.md).
 
 Each needs the claim's access token, checked by :func:`find_claim`: :func:`reply` to a
 request for information, :func:`dispute` the recognized loss, :func:`request_address_change`

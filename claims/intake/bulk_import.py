@@ -1,7 +1,7 @@
 """Bulk filing of paper or call-centre claims from CSV (``restitution claims import``), by the
 API's rules: the same :func:`claims.intake.prepare` and :func:`claims.intake.file_many`.
 
-The file's header is the API's claim fields (docs/formats.md, "Claims CSV"): ``case_id``
+The file's header is the API's claim fields (docs/formats.md): ``case_id``
 optional (when given on a row it must be the case imported), ``evidence_tx_hashes`` joined by
 ``;``, ``consent`` ``true``/``false``.
 """

@@ -4,7 +4,7 @@ Each filing, in the caller's transaction: the case must be open (else 422 naming
 ``case_id``), one claim per IIN per case (409 revealing nothing about the other claim; the
 unique ``(case_id, iin_hash)`` constraint backs the check), a random reference
 ``KZR-XXXX-XXXX``, a random access token of 192 bits stored as SHA-256, the ``received``
-notification and the ``claim.filed`` audit event (docs/api.md, "Victims"; docs/lifecycle.md).
+notification and the ``claim.filed`` audit event (docs/api.md; docs/lifecycle.md).
 The audit events are written last so that the audit chain's lock is held as briefly as
 possible.
 

@@ -1,7 +1,7 @@
 """Validation of a filing: the claim's fields → a :class:`Prepared` filing, or every bad field.
 
 The API (``POST /api/v1/claims``), the claim form and the CSV import all come through here,
-so one rule holds for every way a claim comes in (docs/api.md, "Victims"). No database except
+so one rule holds for every way a claim comes in (docs/api.md). No database except
 where the case's state is asked (:func:`open_case`, :func:`case_problem`, :func:`refusal`).
 
 The IIN is hashed (keyed, for duplicates), encrypted (for staff) and masked here; it is never
