@@ -67,7 +67,8 @@ def minimal_app():
 
     from claims.crypto import new_token, token_hash
     from claims.db import get_engine, session_scope
-    from claims.intake import new_reference, write_gate
+    from claims.db.gate import write_gate
+    from claims.intake import new_reference
     from claims.models import Case, Claim, utcnow
 
     app = FastAPI()

@@ -122,5 +122,6 @@ def record(session: Session, claim: Claim, saved: SavedFile, *, actor: Actor | N
         claim.reference,
         after={"document_id": doc.id, "sha256": doc.sha256, "content_type": doc.content_type,
                "size": doc.size},
+        claim_pk=claim.id,
     )
     return doc

@@ -1,8 +1,8 @@
 """Validation of a claimant's identity, contact details and payout address.
 
-DESIGN.md, "Identity and payout addresses", is the rule book; this module is the only place
-that implements it. Every check raises :class:`ValidationFailed` naming the field the API and
-the CSV import report (CONTRACT.md: a 422 lists every bad field), and
+docs/formats.md describes these formats for the people who type them; this module is the only
+place that implements them. Every check raises :class:`ValidationFailed` naming the field the
+API and the CSV import report (docs/api.md: a 422 lists every bad field), and
 :func:`validate_claim_fields` checks a whole claim at once, raising :class:`FieldErrors` with
 *every* bad field.
 
@@ -378,7 +378,7 @@ def make_tron_address(payload20: bytes) -> str:
 
 @lru_cache(maxsize=1)
 def _keccak() -> Callable[[bytes], bytes]:
-    from eth_hash.auto import keccak  # ~40-80 ms: imported on first use only
+    from eth_hash.auto import keccak  # a costly import: on first use only
 
     return keccak
 

@@ -4,7 +4,7 @@ Bulk filing of paper or call-centre claims by the API's rules (:func:`claims.int
 The header is the API's claim fields (``case_id`` optional; when given on a row it must be
 CODE); ``evidence_tx_hashes`` joined by ``;``; ``consent`` ``true``/``false``. Bad rows are
 reported on stderr as ``line N: field: message`` and skipped; good rows are filed in bulk
-(one transaction per 1,000 rows). ``--out`` writes ``line,reference,access_token`` for each
+(docs/formats.md describes the file). ``--out`` writes ``line,reference,access_token`` for each
 filed row (created mode 0600: it holds access tokens). Exit 0 when every row was filed, 1 when
 some were refused, 2 for a bad file or usage (unknown or closed case, unreadable file, a header
 without the required fields or with unknown ones).
@@ -44,22 +44,12 @@ def _read_rows(path: Path):
 
 
 def _check_header(header: list[str]) -> None:
-    from claims.intake import CLAIM_FIELDS, REQUIRED_FIELDS
+    from claims.intake import header_problems
 
-    problems = []
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        problems.append(f"line 1: duplicate column(s): {', '.join(dupes)}")
-    unknown = [h for h in header if h not in CLAIM_FIELDS]
-    if unknown:
-        problems.append(f"line 1: unknown column(s): {', '.join(unknown)} "
-                        f"(the columns are the API's claim fields: {', '.join(CLAIM_FIELDS)})")
-    missing = [f for f in REQUIRED_FIELDS if f != "case_id" and f not in header]
-    if missing:
-        problems.append(f"line 1: missing column(s): {', '.join(missing)}")
+    problems = header_problems(header)
     if problems:
         for p in problems:
-            err(p)
+            err(f"line 1: {p}")
         raise typer.Exit(EXIT_USAGE)
 
 

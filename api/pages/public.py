@@ -3,7 +3,7 @@
 * Language: ``?lang=kk|ru|en``; without it the best of ``Accept-Language``; Kazakh (Cyrillic)
   by default. ``<html lang="…">`` follows it; the words come from the ``pages`` gettext domain.
 * ``/``: the form's inputs are named exactly as the API's fields; a POST files the claim
-  through the same code as ``POST /api/v1/claims`` (:func:`api.routes.victims.file_claim`)
+  through the same code as ``POST /api/v1/claims`` (:func:`claims.intake.file_request`)
   under the same rate limit. A refused form comes back with what was typed and each error
   beside its field in the page's language; a filed claim shows its reference and access
   token once, with a link to ``/status``.
@@ -23,13 +23,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 
 from api import limits
 from api.pages import i18n
-from claims import intake
+from claims import documents, intake
 from claims.db import session_scope
-from claims import documents
 from claims.errors import (
     DomainError,
     DuplicateClaim,
@@ -39,7 +37,6 @@ from claims.errors import (
     TooManyAttempts,
     UnsupportedMediaType,
 )
-from claims.models import Case
 
 router = APIRouter(include_in_schema=False)
 
@@ -73,11 +70,8 @@ def render(request: Request, lang: str, template: str, status: int = 200, **cont
 
 
 def open_cases() -> list[dict[str, str]]:
-    from claims.cases import is_open
-
     with session_scope(write=False) as s:
-        cases = s.execute(select(Case).where(Case.status == "open").order_by(Case.name)).scalars().all()
-        return [{"code": c.code, "name": c.name} for c in cases if is_open(c)]
+        return intake.open_cases(s)
 
 
 # ----------------------------------------------------------------------------- the claim form
@@ -133,15 +127,13 @@ def claim_form(request: Request) -> HTMLResponse:
 
 @router.post("/", response_class=HTMLResponse)
 async def claim_form_post(request: Request) -> HTMLResponse:
-    from api.routes.victims import file_claim
-
     lang = page_language(request)
     form = await request.form()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     tr = i18n.get_translations(i18n.DOMAIN, lang).gettext
     try:
         limits.check_rate(request, "filing")
-        body = await run_in_threadpool(file_claim, form_to_claim(values), None)
+        body = await run_in_threadpool(intake.file_request, form_to_claim(values))
     except TooManyAttempts as exc:
         response = _form_page(request, lang, values=values, status=429,
                               message=tr(i18n.MESSAGES["rate_limited"]))

@@ -1,4 +1,4 @@
-"""The victims' API (CONTRACT.md "HTTP API — Victims"): file a claim, follow it, act on it.
+"""The victims' API (docs/api.md): file a claim, follow it, act on it.
 
 No login: each claim has an access token (``X-Claim-Token``), given once when it is filed.
 The rules live in :mod:`claims.intake` and :mod:`claims.documents`; this module parses,
@@ -6,11 +6,14 @@ calls them in one transaction per request, and presents.
 
 Choices worth knowing:
 
-* ``POST /api/v1/claims`` reads its JSON body itself so that *every* bad field — wrong types
-  included (a JSON number for ``claimed_amount``) — is reported at once by the domain
-  validators with the field's name; the documented schema (:class:`ClaimIn`) is exact, but
+* ``POST /api/v1/claims`` reads its JSON body itself and has it validated by the domain
+  (:func:`claims.intake.check_filing`), so that *every* bad field — wrong types included (a
+  JSON number for ``claimed_amount``) and the case's own state (unknown, closed), which needs
+  the database — is reported at once with the field's name and the same message as the claim
+  form and the CSV import give. The documented schema (:class:`ClaimIn`) is exact, but
   unknown extra fields are ignored (forward compatibility; a typo in an optional field's name
-  cannot pass silently because every required field is named when missing).
+  cannot pass silently because every required field is named when missing). The other
+  request bodies are Pydantic models FastAPI validates.
 * ``Idempotency-Key``: a repeat with the same body answers 201 with the same reference and a
   *fresh* access token; the token given before stops working (a claim has one valid token
   at a time — the repeat usually means the first answer was lost).
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Header, Request, UploadFile
@@ -35,12 +37,11 @@ from api.problems import problems
 from claims import documents, idempotency, intake
 from claims.db import get_engine, session_scope
 from claims.errors import InvalidInput
+from claims.money import AMOUNT_PATTERN
 
 router = APIRouter(prefix="/api/v1/claims", tags=["victims"])
 
-AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
 REFERENCE_PATTERN = r"^KZR-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"
-IDEMPOTENCY_SCOPE = "claims"
 
 ClaimToken = Annotated[
     str | None,
@@ -230,81 +231,6 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def json_shape_errors(data: Mapping[str, Any]) -> list[dict[str, str]]:
-    """What the JSON API refuses although the shared validators (which also read CSV cells
-    and form fields) would accept it: the documented schema is exact."""
-    errors = []
-    hashes = data.get("evidence_tx_hashes")
-    if hashes is not None and not isinstance(hashes, list):
-        errors.append({"field": "evidence_tx_hashes",
-                       "message": "must be a list of transaction hashes"})
-    dob = data.get("date_of_birth")
-    if isinstance(dob, str) and not dob.strip():
-        errors.append({"field": "date_of_birth", "message": "must be a date in the form "
-                                                           "YYYY-MM-DD (or null)"})
-    return errors
-
-
-def check_body(data: Mapping[str, Any]) -> tuple[intake.Prepared | None, list[dict[str, str]]]:
-    """Validate a filing without the database: ``(prepared, [])`` or ``(None, errors)``."""
-    shape = json_shape_errors(data)
-    try:
-        prepared = intake.prepare(data)
-        errors: list[dict[str, str]] = []
-    except InvalidInput as exc:
-        prepared, errors = None, list(exc.errors)
-    if not shape:
-        return prepared, errors
-    named = {e["field"] for e in shape}
-    return None, [e for e in errors if e["field"] not in named] + shape
-
-
-def refusal(data: Mapping[str, Any], errors: list[dict[str, str]]) -> InvalidInput:
-    """The 422 for ``errors``, with the case's problem listed too (one database read)."""
-    errors = list(errors)
-    if not any(e["field"] == "case_id" for e in errors):
-        with session_scope(write=False) as s:
-            problem = intake.case_problem(s, data.get("case_id"))
-        if problem is not None:
-            errors.insert(0, problem)
-    order = {f: i for i, f in enumerate(intake.CLAIM_FIELDS)}
-    errors.sort(key=lambda e: order.get(e["field"], len(order)))
-    return InvalidInput(errors)
-
-
-def prepare_with_case(data: Mapping[str, Any]) -> intake.Prepared:
-    """:func:`intake.prepare`, and when it fails, the case's problem listed with the rest
-    (every bad field at once)."""
-    prepared, errors = check_body(data)
-    if errors:
-        raise refusal(data, errors)
-    assert prepared is not None
-    return prepared
-
-
-def file_claim(data: dict[str, Any], key: str | None,
-               prepared: intake.Prepared | None = None) -> dict[str, Any]:
-    """The whole filing (blocking; run in a worker thread). Returns the 201 body."""
-    prepared = prepared or prepare_with_case(data)
-    engine = get_engine()
-    committer = intake.group_commit(engine)
-    if key is None:
-        return committer.file(prepared).response()
-    idempotency.check_key(key)
-    outcome = idempotency.begin(engine, IDEMPOTENCY_SCOPE, key, idempotency.request_hash(data))
-    if isinstance(outcome, idempotency.Replay):
-        stored = outcome.response
-        with session_scope(engine) as s:
-            token = intake.reissue_token(s, stored["reference"])
-        return {"reference": stored["reference"], "status": stored["status"],
-                "access_token": token, "warnings": stored.get("warnings", [])}
-    try:
-        return committer.file(prepared, outcome).response()
-    except BaseException:
-        idempotency.abandon(engine, outcome)
-        raise
-
-
 def _json(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -361,13 +287,14 @@ async def post_claim(request: Request) -> JSONResponse:
     data = parse_json_object(await request.body())
     # Validation is pure CPU work: it runs on the event loop (a worker thread would only add
     # a hand-off under the GIL). The claim is written by the process's group-commit writer.
-    prepared, errors = check_body(data)
+    prepared, errors = intake.check_filing(data)
     if errors:
-        raise await run_in_threadpool(refusal, data, errors)
+        raise await run_in_threadpool(intake.refusal, data, errors)
     if idempotency_key is None:
         filed = await intake.group_commit(get_engine()).file_async(prepared)
         return _json(filed.response(), 201)
-    body = await run_in_threadpool(file_claim, data, idempotency_key, prepared)
+    body = await run_in_threadpool(intake.file_request, data, idempotency_key,
+                                   prepared=prepared)
     return _json(body, 201)
 
 
@@ -509,9 +436,8 @@ def _serve_filing_directly(app) -> None:
     """``POST /api/v1/claims`` — the one operation under load — answered by a plain Starlette
     route placed ahead of the FastAPI route: :func:`post_claim` takes the request alone (it
     reads its body, headers and limits itself), so FastAPI's per-request dependency solving
-    and wrapping only cost time (about half the framework's CPU per filing). The FastAPI route
-    stays for the OpenAPI schema; errors go through the same exception handlers, other
-    methods get the same 405."""
+    and wrapping would only cost time. The FastAPI route stays for the OpenAPI schema; errors
+    go through the same exception handlers, other methods get the same 405."""
     from starlette.routing import Route
 
     if getattr(app.state, "filing_route_installed", False):

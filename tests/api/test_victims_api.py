@@ -1,4 +1,4 @@
-"""The victims' API (CONTRACT.md "HTTP API — Victims"): filing, idempotency, duplicates,
+"""The victims' API (docs/api.md): filing, idempotency, duplicates,
 limits, status privacy, documents, replies, disputes, address changes, token resets."""
 
 from __future__ import annotations

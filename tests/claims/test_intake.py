@@ -1,4 +1,4 @@
-"""claims/intake.py and claims/idempotency.py without HTTP."""
+"""claims.intake (the package) and claims/idempotency.py without HTTP."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_file_claim_and_duplicates(case, engine):
 def test_file_claim_retries_a_reference_collision(case, engine, monkeypatch):
     first = intake.file_claim_tx(intake.prepare(data(1)))
     refs = iter([first.reference, first.reference, "KZR-0000-0001"])
-    monkeypatch.setattr(intake, "new_references", lambda n: [next(refs) for _ in range(n)])
+    monkeypatch.setattr(intake.references, "new_references", lambda n: [next(refs) for _ in range(n)])
     second = intake.file_claim_tx(intake.prepare(data(2)))
     assert second.reference == "KZR-0000-0001"
 
@@ -163,7 +163,7 @@ def test_file_many_stores_the_rows_an_insert_returning_stores(case, engine, monk
         return out
 
     new = file(CASE)
-    monkeypatch.setattr(intake, "_insert_claims", intake._insert_claims_returning)
+    monkeypatch.setattr(intake.filing, "insert_claims", intake.insert_claims_returning)
     old = file("other-case")
     assert [type(f).__name__ for f in new + old] == ["Filed"] * 6
     skip = {"id", "case_id", "reference", "access_token_hash", "iin_encrypted", "consent_at",
@@ -197,8 +197,8 @@ def test_file_many_stores_the_rows_an_insert_returning_stores(case, engine, monk
 @pytest.mark.parametrize("bulk", [True, False])
 def test_filing_writes_the_notification_and_audit_event_of_the_generic_writers(
         case, engine, bulk):
-    """The hot paths write the ``received`` context and the ``claim.filed`` event as text; it
-    is what ``outbox.enqueue`` and ``audit.record`` store for the same values (the chain's
+    """One filing and a bulk filing store the ``received`` context and the ``claim.filed``
+    event that ``outbox.enqueue`` and ``audit.record`` store for the same values (the chain's
     hashes, recomputed from the stored values, verify)."""
     from claims.audit import verify_chain
     from claims.db import session_scope
@@ -262,7 +262,7 @@ def test_explorer_links(network, chain, tx, url):
 
 
 def test_timeline_events_are_codes_not_flags():
-    ev = intake._timeline_event
+    ev = intake.timeline_event
     assert ev("claim.filed", None, {"status": "submitted"}) == "filed"
     assert ev("claim.verified", {"status": "verifying"}, {"status": "flagged", "flags": ["net_winner"]}) == "status_flagged"
     assert ev("claim.dispute_settled", {"status": "disputed"}, {"status": "approved"}) == "dispute_settled"
@@ -271,9 +271,10 @@ def test_timeline_events_are_codes_not_flags():
 
 
 def test_rate_percent():
-    assert intake._rate_percent("1/4") == "25"
-    assert intake._rate_percent(f"{Fraction(430, 1900).numerator}/{Fraction(430, 1900).denominator}") == "22.6316"
-    assert intake._rate_percent("garbage") == "0"
+    assert intake.round_rate_percent("1/4") == "25"
+    assert intake.round_rate_percent(f"{Fraction(430, 1900).numerator}/{Fraction(430, 1900).denominator}") == "22.6316"
+    assert intake.round_rate_percent("garbage") == "0"
+    assert intake.round_rate_percent("1/0") == "0"
 
 
 def test_idempotency_hash_is_canonical_and_keyed(monkeypatch):
@@ -325,7 +326,9 @@ def test_group_commit_files_concurrent_claims_in_one_transaction(case, engine, m
 
 
 def _gate_files(engine):
-    gate = intake._drain_gate(engine)
+    from claims.db.gate import drain_gate
+
+    gate = drain_gate(engine)
     assert gate is not None and gate.fd is not None
     path = os.readlink(f"/proc/self/fd/{gate.fd}")
     return gate, path, path[: -len(".write-lock")] + ".write-queue"
@@ -406,7 +409,7 @@ def test_group_commit_refiles_one_by_one_when_the_batch_fails(case, engine, monk
 
     first = intake.file_claim_tx(intake.prepare(data(1)))
     refs = iter([first.reference] + [f"KZR-0000-000{i}" for i in range(1, 9)])
-    monkeypatch.setattr(intake, "new_references", lambda n: [next(refs) for _ in range(n)])
+    monkeypatch.setattr(intake.references, "new_references", lambda n: [next(refs) for _ in range(n)])
     gc = intake.GroupCommit(engine)
 
     async def go():

@@ -1,4 +1,4 @@
-"""Identity and payout-address validators (DESIGN.md, "Identity and payout addresses")."""
+"""Identity and payout-address validators (the formats of docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def failure(fn, *args, **kwargs) -> ValidationFailed:
 
 
 def oracle_iin_valid(iin: str) -> bool:
-    """DESIGN.md's rule written out independently of the module under test."""
+    """The IIN rule (docs/formats.md) written out independently of the module under test."""
     if len(iin) != 12 or not all(c in "0123456789" for c in iin):
         return False
     d = [int(c) for c in iin]
