@@ -4,7 +4,7 @@ Catalogs: ``templates/locale/{kk,ru,en}/LC_MESSAGES/pages.po`` (compiled ``pages
 committed), extracted from this module and ``templates/pages/`` with ``babel-pages.cfg``.
 Loading goes through :mod:`notifications.i18n` (one loader for every domain).
 
-The domain (``claims/intake.py``) speaks in codes — statuses, timeline events, payout
+The domain (``claims/intake/status.py``) speaks in codes — statuses, timeline events, payout
 states, validator messages in English; this module turns them into the claimant's language.
 A validator message that has no translation falls back to a hint for its field in that
 language, so a Kazakh reader never gets an English sentence.

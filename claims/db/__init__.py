@@ -24,6 +24,7 @@ from claims.db.engine import (
     make_engine,
     session_scope,
 )
+from claims.db.gate import WriteGate, drain_gate, write_gate
 from claims.db.schema import (
     MIGRATIONS,
     alembic_config,
@@ -33,9 +34,9 @@ from claims.db.schema import (
 )
 
 __all__ = [
-    "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "alembic_config",
+    "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "WriteGate", "alembic_config",
     "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
-    "current_revision", "dispose_engines", "driver_sql", "ensure_schema", "for_update",
+    "current_revision", "dispose_engines", "drain_gate", "driver_sql", "ensure_schema", "for_update",
     "get_engine", "head_revision", "in_values", "is_sqlite", "lock_clause", "make_engine",
-    "next_ids", "session_scope", "update_rows",
+    "next_ids", "session_scope", "update_rows", "write_gate",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, String, bindparam, func, literal_column, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 #: From this many values on, an ``IN`` list goes to SQLite as one JSON parameter.
 JSON_IN_MIN = 64
@@ -98,16 +99,20 @@ def bulk_insert(session, table, columns: Sequence[str], rows: Sequence[tuple]) -
     """INSERT ``rows`` (tuples in ``columns`` order, values already as the driver takes them:
     ints, str, None, JSON as text, times through :func:`bind_value`) in the session's
     transaction: ``COPY … FROM STDIN`` on PostgreSQL (psycopg), one ``executemany`` elsewhere —
-    no per-row statement compilation or type processing."""
+    no per-row statement compilation or type processing. A broken constraint raises
+    SQLAlchemy's ``IntegrityError`` either way."""
     if not rows:
         return
     conn = session.connection()
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        with conn.connection.driver_connection.cursor() as cur:
-            with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+        try:
+            with conn.connection.driver_connection.cursor() as cur:
+                with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        except conn.dialect.loaded_dbapi.IntegrityError as exc:  # as SQLAlchemy raises it
+            raise IntegrityError(f"COPY {table.name}", None, exc) from exc
         return
     marks = ", ".join("?" * len(columns))
     conn.exec_driver_sql(driver_sql(session, f"INSERT INTO {table.name} ({names}) VALUES ({marks})"),
