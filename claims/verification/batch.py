@@ -34,7 +34,7 @@ import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlmodel import Session
 
 from claims import lifecycle
@@ -54,7 +54,7 @@ from claims.verification.flags import (
     replace_open_flags,
 )
 from claims.verification.matching import MATCH_COLUMNS, Match, find_matches, match_values
-from claims.verification.rows import MATCH_READ, load_claims
+from claims.verification.rows import MATCH_READ, ClaimRow, load_claims
 
 S = ClaimStatus
 # Claims per batch step (one transaction; one Prefect task run in the flow).
@@ -151,7 +151,7 @@ def match_batch(session: Session, claim_ids: Iterable[int], *, actor: Actor | No
         return counts
 
 
-def start_verification(session: Session, claims: Sequence[Row], matches: Mapping[int, Match],
+def start_verification(session: Session, claims: Sequence[ClaimRow], matches: Mapping[int, Match],
                        actor: Actor) -> int:
     """``submitted → verifying`` with each claim's match stored (audited: the match columns
     before and after); the whole batch is refused when a claim changed meanwhile."""
@@ -161,7 +161,8 @@ def start_verification(session: Session, claims: Sequence[Row], matches: Mapping
     )
 
 
-def refresh_matches(session: Session, claims: Sequence[Row], matches: Mapping[int, Match]) -> None:
+def refresh_matches(session: Session, claims: Sequence[ClaimRow],
+                    matches: Mapping[int, Match]) -> None:
     """The match of claims already ``verifying`` (back from ``needs_info``, or a run
     interrupted between the steps) brought up to date. Not a state change: the decision's
     audit event records what was recognized."""
@@ -186,7 +187,7 @@ def decide_batch(
     actor = actor or default_actor()
     with gc_paused():
         counts = empty_counts()
-        by_case: dict[int, list[Row]] = defaultdict(list)
+        by_case: dict[int, list[ClaimRow]] = defaultdict(list)
         for c in load_claims(session, claim_ids, (S.verifying.value,), case_id):
             by_case[c.case_id].append(c)
         for cid, claims in by_case.items():
@@ -194,7 +195,7 @@ def decide_batch(
         return counts
 
 
-def decide_case(session: Session, case_id: int, claims: Sequence[Row], actor: Actor) -> dict:
+def decide_case(session: Session, case_id: int, claims: Sequence[ClaimRow], actor: Actor) -> dict:
     """Step 2 on the batch's claims of one case; returns counts."""
     now = utcnow()
     facts = read_facts(session, claims)
@@ -212,7 +213,7 @@ def decide_case(session: Session, case_id: int, claims: Sequence[Row], actor: Ac
     return add_counts(decision_counts(claims, clean, flags), others)
 
 
-def approve_by_rule(session: Session, claims: Sequence[Row], accounts: Mapping[int, Account],
+def approve_by_rule(session: Session, claims: Sequence[ClaimRow], accounts: Mapping[int, Account],
                     actor: Actor, now: dt.datetime) -> None:
     """``verifying → approved`` for clean claims: audited with the account, rule and
     recognized loss, a ``rule`` decision each, and the victim's "approved" notice."""
@@ -242,14 +243,14 @@ def approve_by_rule(session: Session, claims: Sequence[Row], accounts: Mapping[i
     ])
 
 
-def flag_by_rule(session: Session, claims: Sequence[Row], flags: Flags,
+def flag_by_rule(session: Session, claims: Sequence[ClaimRow], flags: Flags,
                  accounts: Mapping[int, Account], actor: Actor, now: dt.datetime) -> None:
     """``verifying → flagged``: audited with the flag codes, the account and the match; no
     notice (victims see "under review")."""
     if not claims:
         return
 
-    def account_id(c: Row) -> str | None:
+    def account_id(c: ClaimRow) -> str | None:
         acct = accounts.get(c.ledger_account_pk) if c.ledger_account_pk is not None else None
         return acct.account_id if acct else None
 
@@ -266,7 +267,7 @@ def flag_by_rule(session: Session, claims: Sequence[Row], flags: Flags,
     )
 
 
-def decision_counts(claims: Sequence[Row], clean: Sequence[Row], flags: Flags) -> dict:
+def decision_counts(claims: Sequence[ClaimRow], clean: Sequence[ClaimRow], flags: Flags) -> dict:
     """The counts of a decided batch (before the clusters' other members)."""
     counts = empty_counts()
     counts["verified"] = len(claims)

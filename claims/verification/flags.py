@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 from sqlmodel import Session
 
 from claims import audit, lifecycle
@@ -57,7 +57,7 @@ from claims.audit import Actor
 from claims.db import bind_value, bulk_insert, in_values, update_rows
 from claims.models import BlockedAddress, Claim, ClaimStatus, Document, Flag, LedgerAccount
 from claims.money import MICRO, format_usdt, net_loss
-from claims.verification.rows import chunks, load_claims
+from claims.verification.rows import ClaimRow, chunks, load_claims
 
 S = ClaimStatus
 DUPLICATE_FLAGS = ("duplicate_identity", "duplicate_account", "duplicate_wallet", "duplicate_email")
@@ -90,10 +90,11 @@ class Facts:
 
     accounts: dict[int, Account] = field(default_factory=dict)  # pk → the matched accounts
     blocked: dict[str, str] = field(default_factory=dict)  # address key → reason
-    with_evidence: set[int] = field(default_factory=set)  # unmatched claims with tx hashes or documents
+    # the unmatched claims with evidence tx hashes or documents
+    with_evidence: set[int] = field(default_factory=set)
 
 
-def read_facts(session: Session, claims: Sequence[Row]) -> Facts:
+def read_facts(session: Session, claims: Sequence[ClaimRow]) -> Facts:
     """The batch's matched accounts, blocked payout addresses, and which unmatched claims
     carry evidence (transaction hashes or documents)."""
     facts = Facts()
@@ -140,7 +141,7 @@ class Member:
 Clusters = dict[str, dict[tuple, list[Member]]]  # code → key → members (id order)
 
 # code → (the key columns, a claim's key or None, the message).
-CLUSTER_SPECS: dict[str, tuple[Callable[[], Sequence], Callable[[Row], tuple | None], str]] = {
+CLUSTER_SPECS: dict[str, tuple[Callable[[], Sequence], Callable[[ClaimRow], tuple | None], str]] = {
     "duplicate_identity": (
         lambda: (Claim.name_key, Claim.birth_date),
         lambda c: (c.name_key, c.birth_date) if c.name_key else None,
@@ -172,7 +173,7 @@ def case_is(case_id: int):
     return (Claim.case_id + 0) == case_id
 
 
-def find_clusters(session: Session, case_id: int, claims: Sequence[Row]) -> Clusters:
+def find_clusters(session: Session, case_id: int, claims: Sequence[ClaimRow]) -> Clusters:
     """Every cluster of the case that a claim of ``claims`` is in, per duplicate flag."""
     out: Clusters = {}
     for code, (cols, key_of, _msg) in CLUSTER_SPECS.items():
@@ -236,7 +237,7 @@ def cluster_message(code: str, key: tuple, others: Sequence[Member],
 Flags = dict[int, list[tuple[str, str]]]  # claim id → [(code, message)], codes in table order
 
 
-def claim_flags(claims: Sequence[Row], facts: Facts, clusters: Clusters) -> Flags:
+def claim_flags(claims: Sequence[ClaimRow], facts: Facts, clusters: Clusters) -> Flags:
     """The flags of each claim of the batch (an empty list: clean)."""
     batch_ids = {c.id for c in claims}
     in_clusters: Flags = defaultdict(list)
@@ -259,7 +260,7 @@ def claim_flags(claims: Sequence[Row], facts: Facts, clusters: Clusters) -> Flag
     return flags
 
 
-def rule_flags(c: Row, facts: Facts) -> list[tuple[str, str]]:
+def rule_flags(c: ClaimRow, facts: Facts) -> list[tuple[str, str]]:
     """The flags of one claim that its match decides (no cluster, no blocked address)."""
     acct = facts.accounts.get(c.ledger_account_pk) if c.ledger_account_pk is not None else None
     if acct is None:

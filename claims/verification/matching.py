@@ -34,14 +34,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlmodel import Session
 
 from claims.db import in_values
 from claims.models import LedgerAccount, LedgerIdentifier
 from claims.money import net_loss
 from claims.validators import ValidationFailed, tx_hash_key
-from claims.verification.rows import chunks
+from claims.verification.rows import ClaimRow, chunks
 
 MATCH_RULES = ("scheme_account", "tx_hash", "iin", "email", "phone", "wallet")
 IDENTIFIER_KINDS = ("tx_hash", "iin", "email", "phone", "wallet")
@@ -91,7 +91,7 @@ def evidence_keys(hashes: Sequence | str | None) -> list[str]:
     return sorted(keys)
 
 
-def claim_keys(c: Row) -> dict[str, list[str]]:
+def claim_keys(c: ClaimRow) -> dict[str, list[str]]:
     """The claim's match keys per identifier kind (the ledger's normalization)."""
     return {
         "tx_hash": evidence_keys(c.evidence_tx_hashes),
@@ -102,9 +102,9 @@ def claim_keys(c: Row) -> dict[str, list[str]]:
     }
 
 
-def find_matches(session: Session, claims: Sequence[Row]) -> dict[int, Match]:
+def find_matches(session: Session, claims: Sequence[ClaimRow]) -> dict[int, Match]:
     """Claim id → its ledger account match (claims without a match are absent)."""
-    by_case: dict[int, list[Row]] = defaultdict(list)
+    by_case: dict[int, list[ClaimRow]] = defaultdict(list)
     for c in claims:
         by_case[c.case_id].append(c)
     out: dict[int, Match] = {}
@@ -113,14 +113,15 @@ def find_matches(session: Session, claims: Sequence[Row]) -> dict[int, Match]:
     return out
 
 
-def find_matches_in_case(session: Session, case_id: int, claims: Sequence[Row]) -> dict[int, Match]:
+def find_matches_in_case(session: Session, case_id: int,
+                         claims: Sequence[ClaimRow]) -> dict[int, Match]:
     """:func:`find_matches` for the claims of one case."""
     # The first rule, ``scheme_account``, finds one account at most (account ids are unique in
     # a case), so a claim it matches is decided by it whatever its other identifiers find: the
     # identifiers are looked up only for the claims it leaves.
     by_account_id = scheme_accounts(session, case_id, claims)
     chosen: dict[int, tuple[int, str]] = {}
-    rest: list[Row] = []
+    rest: list[ClaimRow] = []
     for c in claims:
         pk = by_account_id.get((c.scheme_account or "").strip())
         if pk is not None:
@@ -137,7 +138,7 @@ def find_matches_in_case(session: Session, case_id: int, claims: Sequence[Row]) 
     return {cid: Match(pk, rule, *totals[pk]) for cid, (pk, rule) in chosen.items()}
 
 
-def scheme_accounts(session: Session, case_id: int, claims: Sequence[Row]) -> dict[str, int]:
+def scheme_accounts(session: Session, case_id: int, claims: Sequence[ClaimRow]) -> dict[str, int]:
     """The case's ledger accounts the claims' scheme account ids name: account id → pk."""
     wanted = sorted({s for c in claims if c.scheme_account and (s := c.scheme_account.strip())})
     out: dict[str, int] = {}
@@ -145,7 +146,8 @@ def scheme_accounts(session: Session, case_id: int, claims: Sequence[Row]) -> di
     for chunk in chunks(wanted):
         for pk, account_id in conn.execute(
             select(LedgerAccount.id, LedgerAccount.account_id).where(
-                LedgerAccount.case_id == case_id, in_values(session, LedgerAccount.account_id, chunk)
+                LedgerAccount.case_id == case_id,
+                in_values(session, LedgerAccount.account_id, chunk),
             )
         ):
             out[account_id] = pk

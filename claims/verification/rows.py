@@ -1,16 +1,25 @@
 """Claims as verification reads them: plain rows of the columns each step uses, never model
 objects (a batch's thousands of ORM objects would cost more than the rules), loaded by id in
-chunks and locked where the database takes row locks."""
+chunks and locked where the database takes row locks. The rows are named tuples: every rule
+and writer reads their attributes many times, and a named tuple answers that (and a
+missing attribute) directly, where a result row looks each name up in its result's keys."""
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Row, String, select, type_coerce
+from sqlalchemy import String, select, type_coerce
 from sqlmodel import Session
 
 from claims.db import for_update, in_values
 from claims.models import Claim
+
+#: A claim as :func:`load_claims` gives it: a named tuple of the columns read (a result row
+#: of the same columns serves too).
+ClaimRow = Any
 
 # Most values per IN list (within both databases' bound-parameter limits; a default batch's
 # ids in one list).
@@ -45,15 +54,23 @@ DECIDE_READ = claim_columns(
 )
 
 
+@lru_cache(maxsize=8)
+def row_type(names: tuple[str, ...]) -> type:
+    """The named tuple of a claim read as the columns ``names``."""
+    return namedtuple("ClaimRow", names)
+
+
 def load_claims(
     session: Session, claim_ids: Iterable[int], status: Sequence[str],
     case_id: int | None = None, columns: Sequence = DECIDE_READ,
-) -> list[Row]:
+) -> list[ClaimRow]:
     """The claims of ``claim_ids`` that are in ``status`` (and of ``case_id`` when given),
-    locked for the transaction, in id order, as rows (``row.id``, ``row.status``…)."""
+    locked for the transaction, in id order, as named tuples of ``columns`` (``row.id``,
+    ``row.status``…)."""
     ids = sorted(set(claim_ids))
     t = Claim.__table__
-    out: list[Row] = []
+    make = row_type(tuple(c.name for c in columns))
+    out: list[ClaimRow] = []
     for chunk in chunks(ids):
         stmt = (
             select(*columns)
@@ -62,5 +79,5 @@ def load_claims(
         )
         if case_id is not None:
             stmt = stmt.where(t.c.case_id == case_id)
-        out.extend(session.connection().execute(for_update(stmt, session)).all())
+        out.extend(make(*row) for row in session.connection().execute(for_update(stmt, session)))
     return out

@@ -3,9 +3,10 @@
 Each flag of docs/lifecycle.md's table, each match rule in priority order, clusters (within a
 batch, across batches, against claims decided earlier), rerun idempotency and re-verification
 after ``needs_info``; the audit events, rows and notices a batch writes, a batch refused whole
-when a claim changed meanwhile, and the batch's state changes as one statement each. Rows are inserted through the models (the ledger once through
-``claims.ledger.import_ledger`` to prove both sides normalize alike). SQLite always,
-PostgreSQL when RESTITUTION_TEST_DATABASE_URL is set.
+when a claim changed meanwhile, and the batch's state changes as one statement each. Rows
+are inserted through the models (the ledger once through ``claims.ledger.import_ledger`` to
+prove both sides normalize alike). SQLite always, PostgreSQL when
+RESTITUTION_TEST_DATABASE_URL is set.
 """
 
 from __future__ import annotations
