@@ -1,4 +1,4 @@
-"""Bench: claim verification (claims/verification.py) through the Prefect flow and without it.
+"""Bench: claim verification (claims/verification/) through the Prefect flow and without it.
 
     .venv/bin/python bench/verify.py [N] [--quick] [--batch-size B] [--repeat R] [--json]
 
@@ -63,6 +63,14 @@ def _env(tmp: Path, db: Path) -> dict:
 # ------------------------------------------------------------------ data
 
 
+def _h(*parts) -> str:
+    return hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=32).hexdigest()
+
+
+def _wallet(tag: str, i: int) -> str:
+    return "0x" + _h("wallet", tag, i)[:40]  # an Ethereum address key (lower case)
+
+
 def generate(db: Path, n: int, seed: int = 11) -> dict:
     """Case, ledger and claims of the bench into a fresh SQLite database (bulk inserts)."""
     from sqlalchemy import insert
@@ -75,36 +83,12 @@ def generate(db: Path, n: int, seed: int = 11) -> dict:
     ensure_schema(engine)
     now = utcnow()
     t0 = time.perf_counter()
-
-    def h(*parts) -> str:
-        return hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=32).hexdigest()
-
-    def wallet(tag: str, i: int) -> str:
-        return "0x" + h("wallet", tag, i)[:40]  # an Ethereum address key (lower case)
-
     with engine.begin() as conn:
         conn.execute(insert(Case.__table__), [{"id": 1, "code": CODE, "name": "Bench", "status": "open",
                                                "created_at": now}])
         chunk = 20_000
         for lo in range(1, n + 1, chunk):
-            accts, idents, entries = [], [], []
-            for i in range(lo, min(lo + chunk, n + 1)):
-                dep = rnd.randrange(100, 10_000) * MICRO + rnd.randrange(MICRO)
-                r = i % 100
-                wd = dep + rnd.randrange(0, 50) * MICRO if r < 3 else dep * rnd.randrange(0, 80) // 100
-                accts.append({"id": i, "case_id": 1, "account_id": f"ACC-{i:07d}", "deposits": dep,
-                              "withdrawals": wd, "bonuses": 0, "insider": r == 50 and i % 200 == 50})
-                for kind, value in (("tx_hash", h("tx", i)), ("iin", h("iin", i)),
-                                    ("email", f"v{i}@ledger.example"), ("phone", f"+7701{i:07d}"),
-                                    ("wallet", wallet("ledger", i))):
-                    idents.append({"case_id": 1, "kind": kind, "value": value, "account_pk": i})
-                at = dt.datetime(2022, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
-                entries.append({"case_id": 1, "account_pk": i, "row_key": h("d", i), "entry_type": "deposit",
-                                "amount": dep, "occurred_at": at, "tx_hash": h("tx", i)})
-                if wd:
-                    entries.append({"case_id": 1, "account_pk": i, "row_key": h("w", i),
-                                    "entry_type": "withdrawal", "amount": wd, "occurred_at": at,
-                                    "tx_hash": None})
+            accts, idents, entries = _ledger_rows(rnd, range(lo, min(lo + chunk, n + 1)))
             conn.execute(insert(LedgerAccount.__table__), accts)
             conn.execute(insert(LedgerIdentifier.__table__), idents)
             conn.execute(insert(LedgerEntry.__table__), entries)
@@ -112,44 +96,70 @@ def generate(db: Path, n: int, seed: int = 11) -> dict:
         rows = conn.exec_driver_sql("SELECT id, deposits, withdrawals FROM ledger_account").all()
         deposits = {pk: (d, w) for pk, d, w in rows}
         for lo in range(1, n + 1, chunk):
-            claims = []
-            for j in range(lo, min(lo + chunk, n + 1)):
-                rule = j % 20
-                d, w = deposits[j]
-                loss = max(0, d - w)
-                claimed = loss if j % 20 != 7 else loss * 2 + 5 * MICRO  # 5 % claim too much
-                claimed = max(claimed, 1)
-                pay = wallet("claim", j)
-                if j % 100 == 1 and j > 1:  # 1 % share a payout address with the claim before
-                    pay = wallet("claim", j - 1)
-                c = {
-                    "case_id": 1, "reference": f"KZR-{j:08d}", "status": "submitted",
-                    "full_name": f"Victim {j}", "name_key": f"victim {j}", "iin_hash": h("claim-iin", j),
-                    "iin_encrypted": b"", "iin_masked": "00******0000",
-                    "birth_date": dt.date(1950, 1, 1) + dt.timedelta(days=j % 20000),
-                    "email": f"c{j}@claim.example", "email_key": f"c{j}@claim.example",
-                    "phone": f"+7702{j:07d}", "language": "ru", "scheme_account": None,
-                    "claimed_amount": claimed, "evidence_tx_hashes": [],
-                    "payout_network": "ethereum", "payout_address": pay, "payout_address_key": pay,
-                    "access_token_hash": h("token", j), "consent_at": now, "source": "import",
-                    "version": 1, "created_at": now, "updated_at": now,
-                }
-                if rule <= 7:
-                    c["scheme_account"] = f"ACC-{j:07d}"
-                elif rule <= 10:
-                    c["evidence_tx_hashes"] = ["0x" + h("tx", j)]
-                elif rule <= 13:
-                    c["iin_hash"] = h("iin", j)
-                elif rule <= 15:
-                    c["email"] = c["email_key"] = f"v{j}@ledger.example"
-                elif rule <= 17:
-                    c["phone"] = f"+7701{j:07d}"
-                elif rule == 18:
-                    c["payout_address"] = c["payout_address_key"] = wallet("ledger", j)
-                claims.append(c)
-            conn.execute(insert(Claim.__table__), claims)
+            conn.execute(insert(Claim.__table__), [
+                _claim_row(j, *deposits[j], now) for j in range(lo, min(lo + chunk, n + 1))])
     engine.dispose()  # checkpoints the WAL into the file
     return {"seconds": time.perf_counter() - t0}
+
+
+def _ledger_rows(rnd: random.Random, pks: range) -> tuple[list, list, list]:
+    """Accounts (totals), identifiers (five match keys each) and entries of the ledger."""
+    accts, idents, entries = [], [], []
+    for i in pks:
+        dep = rnd.randrange(100, 10_000) * MICRO + rnd.randrange(MICRO)
+        r = i % 100
+        wd = dep + rnd.randrange(0, 50) * MICRO if r < 3 else dep * rnd.randrange(0, 80) // 100
+        accts.append({"id": i, "case_id": 1, "account_id": f"ACC-{i:07d}", "deposits": dep,
+                      "withdrawals": wd, "bonuses": 0, "insider": r == 50 and i % 200 == 50})
+        for kind, value in (("tx_hash", _h("tx", i)), ("iin", _h("iin", i)),
+                            ("email", f"v{i}@ledger.example"), ("phone", f"+7701{i:07d}"),
+                            ("wallet", _wallet("ledger", i))):
+            idents.append({"case_id": 1, "kind": kind, "value": value, "account_pk": i})
+        at = dt.datetime(2022, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
+        entries.append({"case_id": 1, "account_pk": i, "row_key": _h("d", i), "entry_type": "deposit",
+                        "amount": dep, "occurred_at": at, "tx_hash": _h("tx", i)})
+        if wd:
+            entries.append({"case_id": 1, "account_pk": i, "row_key": _h("w", i),
+                            "entry_type": "withdrawal", "amount": wd, "occurred_at": at,
+                            "tx_hash": None})
+    return accts, idents, entries
+
+
+def _claim_row(j: int, d: int, w: int, now: dt.datetime) -> dict:
+    """Claim ``j`` of the bench, matching account ``j`` (deposits ``d``, withdrawals ``w``) by
+    the rule ``j % 20`` picks."""
+    rule = j % 20
+    loss = max(0, d - w)
+    claimed = loss if j % 20 != 7 else loss * 2 + 5 * MICRO  # 5 % claim too much
+    claimed = max(claimed, 1)
+    pay = _wallet("claim", j)
+    if j % 100 == 1 and j > 1:  # 1 % share a payout address with the claim before
+        pay = _wallet("claim", j - 1)
+    c = {
+        "case_id": 1, "reference": f"KZR-{j:08d}", "status": "submitted",
+        "full_name": f"Victim {j}", "name_key": f"victim {j}", "iin_hash": _h("claim-iin", j),
+        "iin_encrypted": b"", "iin_masked": "00******0000",
+        "birth_date": dt.date(1950, 1, 1) + dt.timedelta(days=j % 20000),
+        "email": f"c{j}@claim.example", "email_key": f"c{j}@claim.example",
+        "phone": f"+7702{j:07d}", "language": "ru", "scheme_account": None,
+        "claimed_amount": claimed, "evidence_tx_hashes": [],
+        "payout_network": "ethereum", "payout_address": pay, "payout_address_key": pay,
+        "access_token_hash": _h("token", j), "consent_at": now, "source": "import",
+        "version": 1, "created_at": now, "updated_at": now,
+    }
+    if rule <= 7:
+        c["scheme_account"] = f"ACC-{j:07d}"
+    elif rule <= 10:
+        c["evidence_tx_hashes"] = ["0x" + _h("tx", j)]
+    elif rule <= 13:
+        c["iin_hash"] = _h("iin", j)
+    elif rule <= 15:
+        c["email"] = c["email_key"] = f"v{j}@ledger.example"
+    elif rule <= 17:
+        c["phone"] = f"+7701{j:07d}"
+    elif rule == 18:
+        c["payout_address"] = c["payout_address_key"] = _wallet("ledger", j)
+    return c
 
 
 # ------------------------------------------------------------------ children
@@ -175,10 +185,11 @@ def _time_batches(res: dict) -> None:
     """Add up the time spent inside the batch steps (the same functions on both paths), so
     that what the flow adds around them shows apart from the database work itself."""
     import claims.verification as v
+    from claims.verification import batch
 
     res["work_seconds"] = 0.0
     for name in ("match_range", "decide_ids"):
-        fn = getattr(v, name)
+        fn = getattr(batch, name)
 
         def timed(*a, _fn=fn, **k):
             t = time.perf_counter()
@@ -187,6 +198,8 @@ def _time_batches(res: dict) -> None:
             finally:
                 res["work_seconds"] += time.perf_counter() - t
 
+        # Both names: the run's own steps (batch) and the flow's tasks (the package's).
+        setattr(batch, name, timed)
         setattr(v, name, timed)
 
 
@@ -242,7 +255,6 @@ def child(mode: str, batch_size: int) -> dict:
         with no_heartbeat():
             counts = verify_claims(CODE, batch_size=batch_size)
         res["seconds"], res["cpu_seconds"] = time.perf_counter() - t0, _cpu() - c0
-    counts.pop("ids", None)
     res["counts"] = counts
     res["outcome"] = outcome(url)
     return res
@@ -281,6 +293,15 @@ def main() -> None:
         return
     n = args.n or (10_000 if args.quick else 100_000)
 
+    gen, res, outcomes = run_modes(n, args.batch_size, max(1, args.repeat))
+    summary = report(n, args.batch_size, max(1, args.repeat), gen, res, outcomes)
+    if args.json:
+        print(json.dumps(summary, separators=(",", ":")))
+
+
+def run_modes(n: int, batch_size: int, repeat: int) -> tuple[dict, dict, list]:
+    """The bench's data generated once, then each mode run ``repeat`` times on fresh copies;
+    returns the generation's timing, each mode's best run, and every run's outcome."""
     tmp = Path(tempfile.mkdtemp(prefix="verify-bench-"))
     try:
         os.environ.update({k: v for k, v in _env(tmp, tmp / "x.db").items()
@@ -292,13 +313,13 @@ def main() -> None:
         res: dict[str, dict] = {}
         best_cpu: dict[str, float] = {}
         outcomes = []
-        for _ in range(max(1, args.repeat)):
+        for _ in range(repeat):
             for m in ("direct", "flow"):
                 db = tmp / f"{m}.db"
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{db}{suffix}").unlink(missing_ok=True)
                 shutil.copyfile(template, db)
-                r = run_child(tmp, db, m, args.batch_size)
+                r = run_child(tmp, db, m, batch_size)
                 outcomes.append(r["outcome"])
                 best_cpu[m] = min(best_cpu.get(m, r["cpu_seconds"]), r["cpu_seconds"])
                 if m not in res or r["seconds"] < res[m]["seconds"]:
@@ -307,15 +328,20 @@ def main() -> None:
             res[m]["cpu_seconds"] = cpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return gen, res, outcomes
 
+
+def report(n: int, batch_size: int, repeat: int, gen: dict, res: dict[str, dict],
+           outcomes: list) -> dict:
+    """The table printed; returns the summary (``--json``)."""
     same = all(o == outcomes[0] for o in outcomes)
     d, f = res["direct"], res["flow"]
     rate = {m: n / r["seconds"] for m, r in res.items()}
     ratio = f["seconds"] / d["seconds"]
     summary = {
         "claims": n,
-        "batch_size": args.batch_size,
-        "repeat": max(1, args.repeat),
+        "batch_size": batch_size,
+        "repeat": repeat,
         "generate_seconds": round(gen["seconds"], 2),
         "direct_seconds": round(d["seconds"], 2),
         "flow_seconds": round(f["seconds"], 2),
@@ -342,7 +368,7 @@ def main() -> None:
     w = 44
     cpu_ratio = f["cpu_seconds"] / d["cpu_seconds"]
     print(f"verification bench: {n:,} claims against a {n:,}-account ledger (SQLite), "
-          f"batch {args.batch_size:,}, best of {max(1, args.repeat)}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"batch {batch_size:,}, best of {repeat}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'':{w}} {'seconds':>9} {'claims/s':>10} {'ratio':>7} {'CPU s':>8} {'claims/CPU s':>13} {'ratio':>7}")
     print(f"{'direct (claims/ functions, no Prefect)':{w}} {d['seconds']:9.2f} {rate['direct']:10,.0f} {1:7.2f}"
           f" {d['cpu_seconds']:8.2f} {n / d['cpu_seconds']:13,.0f} {1:7.2f}")
@@ -359,8 +385,7 @@ def main() -> None:
     print(f"goal ≥ 5,000 claims/s and flow ≤ 1.1 × direct: {'met' if summary['goal_met'] else 'NOT met'}"
           f" (wall clock); per CPU second: direct {n / d['cpu_seconds']:,.0f}, flow "
           f"{n / f['cpu_seconds']:,.0f}, flow/direct {cpu_ratio:.2f} (CPU includes Prefect's server)")
-    if args.json:
-        print(json.dumps(summary, separators=(",", ":")))
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """``restitution verify CODE`` — verify a case's pending claims against its ledger.
 
 Runs the Prefect flow ``verify-claims`` (flows/verify.py) and returns when none of the case's
-claims is ``submitted`` or ``verifying``. Without ``PREFECT_API_URL`` Prefect starts a
-temporary local server for the run (≈ 10–20 s, once per command); ``--direct`` runs the same
-batches without Prefect. When nothing is pending, no flow is started. The run sends no
+claims is ``submitted`` or ``verifying`` (docs/operations.md). Without ``PREFECT_API_URL``
+Prefect starts a temporary local server for the run (once per command); ``--direct`` runs the
+same batches without Prefect. When nothing is pending, no flow is started. The run sends no
 heartbeats (:func:`flows.common.no_heartbeat`: this command is watching it).
 """
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """Verify the case's pending claims (flow verify-claims); wait until none is pending."""
         from claims.cases import get_case_by_code
         from claims.db import session_scope
-        from claims.verification import BATCH_SIZE, empty_counts, pending_claim_ids
+        from claims.verification import BATCH_SIZE, empty_run_counts, pending_claim_ids
 
         batch_size = batch_size or BATCH_SIZE
         with domain_errors():
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                 case_id = get_case_by_code(s, code).id
                 pending = bool(pending_claim_ids(s, case_id))
             if not pending:
-                counts = {**empty_counts(), "batches": 0, "rounds": 0}
+                counts = empty_run_counts()
             elif direct:
                 from claims.verification import run_verification
 
@@ -60,7 +60,6 @@ def register(app: typer.Typer) -> None:
                     counts = verify_claims(code, batch_size=batch_size)
         with session_scope(write=False) as s:
             left = len(pending_claim_ids(s, case_id))
-        counts.pop("ids", None)
         out = {"case": code, **counts, "pending": left}
         if json_out:
             print_json(out)

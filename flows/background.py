@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import select
-
 from claims.db import get_engine, session_scope
-from claims.models import Case, Claim
+from claims.verification import pending_case_codes
 
 log = logging.getLogger("restitution.background")
 
@@ -26,16 +24,9 @@ INTERVAL = 10.0
 
 
 def cases_with_pending_claims(engine) -> list[str]:
+    """The codes of the cases with claims to verify."""
     with session_scope(engine, write=False) as s:
-        return list(
-            s.execute(
-                select(Case.code)
-                .where(Case.id.in_(
-                    select(Claim.case_id).where(Claim.status.in_(("submitted", "verifying"))).distinct()
-                ))
-                .order_by(Case.id)
-            ).scalars()
-        )
+        return pending_case_codes(s)
 
 
 def one_pass(engine=None) -> dict:

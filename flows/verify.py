@@ -1,17 +1,16 @@
 """Prefect flow ``verify_claims``: a case's pending claims verified in batches.
 
-The rules are :mod:`claims.verification`'s; this module only orchestrates them. The run is
-the one :func:`claims.verification.run_verification` drives — match every pending claim
-batch by batch, then decide them batch by batch, again until no claim of the case is
-``submitted`` or ``verifying`` — with each batch step a Prefect task run (one transaction
-each; ``NO_CACHE``: the database is the source of truth; one retry, safe because a batch
-re-reads which of its claims are still pending). Tasks run one after the other: SQLite has
-one writer, and each batch is already bulk SQL. Batches are
-:data:`claims.verification.BATCH_SIZE` (10,000) claims: each task run costs ≈ 35 ms of CPU
-(≈ 5 ms here, ≈ 30 ms in the Prefect server recording its states), so 100k claims make 20
-task runs, not 40. Callers in this process run the flow inside
-:func:`flows.common.no_heartbeat` (the CLI, the bench): a heartbeat thread would add up to
-1 s of waiting to the end of every run.
+The rules are :mod:`claims.verification`'s; this module only orchestrates them
+(docs/operations.md). The run is the one :func:`claims.verification.run_verification` drives —
+match every pending claim batch by batch, then decide them batch by batch, again until no
+claim of the case is ``submitted`` or ``verifying`` — with each batch step a Prefect task run
+(one transaction each; ``NO_CACHE``: the database is the source of truth; one retry, safe
+because a batch re-reads which of its claims are still pending). Tasks run one after the
+other: SQLite has one writer, and each batch is already bulk SQL. Batches are
+:data:`claims.verification.BATCH_SIZE` claims: large, because every task run has a fixed
+cost in Prefect. Callers in this process run the flow inside
+:func:`flows.common.no_heartbeat` (the CLI, the bench): a heartbeat thread would add waiting
+to the end of every run.
 
 While it runs, a progress artifact (``verify-CODE``) shows the share of batch steps done
 (updated at most every :data:`PROGRESS_EVERY` seconds: each update is a round trip to the
@@ -71,7 +70,7 @@ def match_claims_batch(case_id: int, lo: int, hi: int) -> dict:
 def decide_claims_batch(case_id: int, runs: list[tuple[int, int]]) -> dict:
     """Step 2 on the claims matched by one step-1 batch, given as runs of consecutive ids
     (:func:`claims.verification.id_runs`): Prefect inspects every element of a task's
-    parameters, which for a list of 5,000 ids costs more than the task run itself."""
+    parameters, which for a batch's list of ids costs more than the task run itself."""
     with session_scope(get_engine()) as session:
         return verification.decide_ids(session, case_id, verification.ids_in_runs(runs))
 

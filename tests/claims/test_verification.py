@@ -1,10 +1,12 @@
-"""Verification rules (claims/verification.py) on purpose-built ledgers.
+"""Verification rules (claims/verification/) on purpose-built ledgers.
 
-Each flag of DESIGN.md's table, each match rule in priority order, clusters (within a batch,
-across batches, against claims decided earlier), rerun idempotency and re-verification after
-``needs_info``. Rows are inserted through the models (the ledger once through
-``claims.ledger.import_ledger`` to prove both sides normalize alike). SQLite always,
-PostgreSQL when RESTITUTION_TEST_DATABASE_URL is set.
+Each flag of docs/lifecycle.md's table, each match rule in priority order, clusters (within a
+batch, across batches, against claims decided earlier), rerun idempotency and re-verification
+after ``needs_info``; the audit events, rows and notices a batch writes, a batch refused whole
+when a claim changed meanwhile, and the batch's state changes as one statement each. Rows
+are inserted through the models (the ledger once through ``claims.ledger.import_ledger`` to
+prove both sides normalize alike). SQLite always, PostgreSQL when
+RESTITUTION_TEST_DATABASE_URL is set.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from claims.validators import (
     validate_phone,
 )
 from claims.verification import (
+    add_counts,
     amount_differs,
+    decide_batch,
     id_ranges,
+    match_batch,
     pending_claim_ids,
     run_verification,
-    verify_batch,
 )
 
 U = parse_amount
@@ -138,7 +142,9 @@ def n_audit(session) -> int:
 
 
 def verify(session, *claims: Claim) -> dict:
-    counts = verify_batch(session, [c.id for c in claims])
+    """Both steps on the claims, in the test's transaction; the summed counts."""
+    ids = [c.id for c in claims]
+    counts = add_counts(match_batch(session, ids), decide_batch(session, ids))
     session.flush()
     session.expire_all()
     return counts
@@ -452,10 +458,10 @@ def _statuses(engine, ids):
 @pytest.fixture(params=["in-list", "json-in"])
 def in_mode(request, monkeypatch):
     """Both ways of sending an IN list (SQLite sends long ones as one JSON parameter)."""
-    import claims.verification as v
+    import claims.db.bulk
 
     if request.param == "json-in":
-        monkeypatch.setattr(v, "JSON_IN_MIN", 1)
+        monkeypatch.setattr(claims.db.bulk, "JSON_IN_MIN", 1)
     return request.param
 
 
@@ -670,3 +676,177 @@ def test_id_runs_round_trip():
     ids = [1, 2, 3, 10, 12, 13, 14, 100]
     assert ids_in_runs(id_runs(ids)) == ids
     assert id_runs(range(1, 5001)) == [(1, 5000)]
+
+
+# ------------------------------------------------------------------ what a batch writes
+
+
+def _events_of(session, claim: Claim) -> list[tuple[str, dict | None, dict | None]]:
+    return [(e.action, e.before, e.after) for e in session.execute(
+        select(AuditEvent).where(AuditEvent.subject_id == claim.reference).order_by(AuditEvent.id)
+    ).scalars()]
+
+
+def test_audit_events_carry_the_match_and_the_decision(session):
+    case = mk_case(session)
+    mk_account(session, case, "U-1", "1000", "200.5")
+    mk_account(session, case, "U-2", "100", "20")
+    clean = mk_claim(session, case, scheme_account="U-1", claimed="799.5")
+    differs = mk_claim(session, case, scheme_account="U-2", claimed="500")
+    bare = mk_claim(session, case)
+    verify(session, clean, differs, bare)
+    clean, differs, bare = (reload(session, c) for c in (clean, differs, bare))
+    acct = clean.ledger_account_pk
+    no_match = {"invested": None, "ledger_account_pk": None, "match_rule": None,
+                "recognized_loss": None, "withdrawn": None}
+    at = clean.verified_at.isoformat()
+    assert clean.decided_at == clean.verified_at
+    assert _events_of(session, clean) == [
+        ("claim.verification_started", {"status": "submitted", **no_match},
+         {"status": "verifying", "invested": U("1000"), "ledger_account_pk": acct,
+          "match_rule": "scheme_account", "recognized_loss": U("799.5"), "withdrawn": U("200.5")}),
+        ("claim.approved_by_rule", {"status": "verifying", "decided_at": None, "verified_at": None},
+         {"status": "approved", "decided_at": at, "verified_at": at, "ledger_account": "U-1",
+          "match_rule": "scheme_account", "recognized_loss": U("799.5"),
+          "rule": "ledger_match_clean"}),
+    ]
+    assert _events_of(session, differs)[1] == (
+        "claim.flagged_by_rule", {"status": "verifying", "verified_at": None},
+        {"status": "flagged", "verified_at": differs.verified_at.isoformat(),
+         "flags": ["amount_differs"], "ledger_account": "U-2", "match_rule": "scheme_account",
+         "recognized_loss": U("80")})
+    assert _events_of(session, bare) == [
+        ("claim.verification_started", {"status": "submitted", **no_match},
+         {"status": "verifying", **no_match}),
+        ("claim.flagged_by_rule", {"status": "verifying", "verified_at": None},
+         {"status": "flagged", "verified_at": bare.verified_at.isoformat(),
+          "flags": ["no_ledger_match", "missing_evidence"], "ledger_account": None,
+          "match_rule": None, "recognized_loss": None}),
+    ]
+    note = session.execute(select(Notification).where(Notification.claim_id == clean.id)).scalar_one()
+    assert note.context == {"reference": clean.reference, "recognized_loss": "799.5"}
+    assert note.language == "en" and note.to_email == clean.email
+    assert [(c.version, c.status) for c in (clean, differs, bare)] == [
+        (3, "approved"), (3, "flagged"), (3, "flagged")]
+    assert verify_chain(session).ok
+
+
+def test_a_batch_is_refused_whole_when_a_claim_changed_meanwhile(engine):
+    from claims.errors import IllegalTransition
+    from claims.verification.batch import start_verification
+    from claims.verification.rows import MATCH_READ
+
+    with session_scope(engine) as s:
+        case = mk_case(s, "meanwhile")
+        ids = [mk_claim(s, case).id for _ in range(3)]
+    with pytest.raises(IllegalTransition, match=r"^1 claim\(s\) changed meanwhile; batch refused$"):
+        with session_scope(engine) as s:
+            rows = s.execute(select(*MATCH_READ).where(Claim.id.in_(ids)).order_by(Claim.id)).all()
+            audit_before = n_audit(s)
+            # Another writer moved one claim on after the batch read it.
+            s.execute(Claim.__table__.update().where(Claim.id == ids[1]).values(status="verifying"))
+            start_verification(s, rows, {}, Actor.system("test"))
+    with session_scope(engine, write=False) as s:  # rolled back: nothing of the batch stays
+        assert _statuses(engine, ids) == ["submitted"] * 3
+        assert n_audit(s) == audit_before
+
+
+def test_a_decision_makes_prepared_rounds_stale(session):
+    from claims.models import DistributionRound
+
+    case = mk_case(session)
+    mk_account(session, case, "U-1", "100")
+    rnd = DistributionRound(case_id=case.id, number=1, method="pro_rata", pool=U("10"),
+                            min_payout=0, rate="1/10", allocated=0, reserved=0, released=0,
+                            undistributed=0, prepared_at=utcnow())
+    session.add(rnd)
+    session.flush()
+    c = mk_claim(session, case, scheme_account="U-1")
+    verify(session, c)
+    session.refresh(rnd)
+    assert rnd.status == "stale"
+    ev = session.execute(select(AuditEvent).where(AuditEvent.action == "round.stale")).scalar_one()
+    assert (ev.subject_id, ev.before, ev.after) == (
+        str(rnd.id), {"status": "prepared"}, {"status": "stale", "because": c.reference})
+
+
+def test_scheme_account_match_wins_whatever_the_identifiers_find(session):
+    from claims.verification import find_matches
+    from claims.verification.rows import MATCH_READ
+
+    case = mk_case(session, "bulk-c")
+    by_scheme = mk_account(session, case, "S-1", "100")
+    other = mk_account(session, case, "S-2", "200", tx_hash=txh(1), email="x@example.org")
+    c = mk_claim(session, case, scheme_account=" S-1 ", evidence=["0x" + txh(1).upper()],
+                 email="x@example.org")
+    d = mk_claim(session, case, scheme_account="S-404", evidence=[txh(1)])
+    matches = find_matches(session, session.execute(
+        select(*MATCH_READ).where(Claim.id.in_([c.id, d.id])).order_by(Claim.id)).all())
+    assert (matches[c.id].account_pk, matches[c.id].rule) == (by_scheme.id, "scheme_account")
+    assert (matches[d.id].account_pk, matches[d.id].rule) == (other.id, "tx_hash")
+
+
+def test_a_malformed_stored_evidence_hash_is_skipped(session):
+    case = mk_case(session)
+    acct = mk_account(session, case, "T-1", "100", tx_hash=txh(5))
+    c = mk_claim(session, case)
+    # Stored without the intake's validation (an old row, a manual fix): not a hash.
+    session.execute(Claim.__table__.update().where(Claim.id == c.id).values(
+        evidence_tx_hashes=["not-a-hash", "", "0x" + txh(5)]))
+    verify(session, c)
+    c = reload(session, c)
+    assert (c.ledger_account_pk, c.match_rule) == (acct.id, "tx_hash")
+
+
+@pytest.fixture
+def statements(session):
+    """The SQL statements the session's engine sends, as they go."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    engine = session.get_bind()
+
+    def listen(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listen)
+    yield seen
+    event.remove(engine, "before_cursor_execute", listen)
+
+
+def test_a_batch_changes_its_claims_with_one_statement_per_step(session, statements):
+    """The match step's transition, the refresh of claims already verifying and each decision
+    are bulk: one UPDATE of the claim table each on SQLite, one executemany elsewhere."""
+    case = mk_case(session)
+    for i in range(9):
+        mk_account(session, case, f"U-{i}", str(100 + i), email=f"u{i}@ledger.example")
+    fresh = [mk_claim(session, case, scheme_account=f"U-{i}", claimed=str(100 + i))
+             for i in range(4)]
+    fresh.append(mk_claim(session, case, claimed="1"))  # no match: flagged
+    # Claims already verifying (an interrupted run) with an outdated match (enough of them
+    # that SQLite takes their new values as one JSON list, not a statement per value).
+    back = [mk_claim(session, case, email=f"u{i}@ledger.example", claimed=str(100 + i),
+                     status="verifying") for i in range(4, 9)]
+    session.execute(Claim.__table__.update().where(Claim.id.in_([c.id for c in back])).values(
+        match_rule="wallet", invested=1, withdrawn=0, recognized_loss=1))
+    ids = [c.id for c in fresh + back]
+
+    def claim_updates() -> int:
+        n = sum(1 for st in statements if st.lstrip().upper().startswith("UPDATE")
+                and " claim " in f" {st.split('SET')[0]} ".replace("OR ROLLBACK", ""))
+        statements.clear()
+        return n
+
+    session.flush()
+    statements.clear()
+    counts = match_batch(session, ids)
+    assert counts["started"] == 5
+    assert claim_updates() == 2  # submitted → verifying; the verifying claims' matches
+    counts = decide_batch(session, ids)
+    assert counts["approved"] == 9 and counts["flagged"] == 1
+    assert claim_updates() == 2  # → approved; → flagged
+    session.expire_all()
+    for c in back:
+        c = session.get(Claim, c.id)
+        assert (c.status, c.match_rule, c.invested, c.recognized_loss) == (
+            "approved", "email", c.claimed_amount, c.claimed_amount)
