@@ -156,7 +156,7 @@ def transition_many(
                 f"claim {c.reference} changed meanwhile; it is no longer {c.status}")
         raise IllegalTransition(f"{len(rows) - changed} claim(s) changed meanwhile; batch refused")
     for c in claims:
-        if hasattr(c, "_sa_instance_state"):  # a model object: reflect the change on it
+        if isinstance(c, Claim):  # a model object: reflect the change on it
             status = {} if to is None else {"status": to}
             _set(c, **status, version=c.version + 1, updated_at=now, **values_of.get(c.id, none))
     audit.record_batch(session, events)

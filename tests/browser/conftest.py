@@ -8,7 +8,7 @@ SQLite database) driven by Playwright with Debian's ``chromium``.
   in the server's background on the in-process EVM chain.
 - Seeding goes through ``claims/``: ``cases.create_case``, ``ledger.import_ledger``,
   ``staff.create_user``, ``intake.prepare`` + ``intake.file_claim_tx``,
-  ``verification.verify_batch``.
+  ``verification.match_batch`` + ``decide_batch``.
 - Screenshots go to ``test-artifacts/screenshots/`` (git-ignored).
 """
 
@@ -223,7 +223,9 @@ class Seeder:
         filed = intake.file_claim_tx(prepared, engine=self.engine)
         if verify:
             with session_scope(self.engine) as s:
-                verification.verify_batch(s, [filed.claim.id])
+                ids = [filed.claim.id]
+                verification.match_batch(s, ids)
+                verification.decide_batch(s, ids)
         return filed.reference
 
     def status(self, reference: str) -> str:
