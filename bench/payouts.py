@@ -114,7 +114,7 @@ def main() -> None:
     os.environ["RESTITUTION_DATABASE_URL"] = url
 
     from claims.db import get_engine
-    from claims.rails.evm import EvmRail
+    from claims.payouts.rails.evm import EvmRail
 
     engine = get_engine(url)
     rail = EvmRail()

@@ -1,8 +1,7 @@
 """The payout hot paths write their rows, audit events and notices in bulk (SQL written
-directly, audit texts and notice contexts serialized by hand, work in chunks of
-``INSERT_CHUNK``): what they store must be exactly what the generic helpers
-(``audit.record_many``, ``outbox.enqueue_many``) would store, in the same order, whatever the
-chunk size. SQLite and PostgreSQL."""
+directly, work in chunks of ``INSERT_CHUNK``): what they store must be exactly the events and
+notices one would write one by one, in the same order, whatever the chunk size. SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from sqlalchemy import select, text, update
 
 from claims import audit, outbox, payouts
 from claims.db import session_scope
+from claims.errors import InvalidInput
 from claims.models import (
     AuditEvent,
     BlockedAddress,
@@ -26,7 +26,9 @@ from claims.models import (
     PayoutAttempt,
     utcnow,
 )
-from claims.rails import custodian
+from claims.money import format_amount
+from claims.payouts import common
+from claims.payouts.rails import custodian
 
 # Names and transaction ids that JSON escapes differently with and without ensure_ascii.
 NAMES = ['Әлия "Q" Нұрланқызы', "Back\\slash / ñ", "Plain Name", "Ёлка\ttab", "Zoë 😀",
@@ -41,8 +43,7 @@ def fin(engine):
 
 @pytest.fixture(params=[2, 5000], ids=["chunk2", "chunk5000"])
 def chunk(request, monkeypatch):
-    monkeypatch.setattr(payouts, "INSERT_CHUNK", request.param)
-    monkeypatch.setattr(custodian, "INSERT_CHUNK", request.param)
+    monkeypatch.setattr(common, "INSERT_CHUNK", request.param)
     return request.param
 
 
@@ -60,8 +61,8 @@ def events(s, *actions):
 
 
 def generic_context(claim: Claim, context: dict) -> str:
-    """The context text ``outbox.enqueue_many`` stores."""
-    return json.dumps({"reference": claim.reference, **audit.jsonable(context)})
+    """The context text one notice of ``context`` about ``claim`` stores."""
+    return json.dumps({"reference": claim.reference, **context})
 
 
 def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chunk):
@@ -107,8 +108,8 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
     w.writerow(["payout_id", "tx_id", "amount", "status"])
     statuses = ["confirmed", "failed", "confirmed", "failed", "confirmed"]
     for x, tx, st in zip(c[:5], TX_IDS, statuses, strict=False):
-        w.writerow([pid[x.id], tx, payouts.format_amount(x.amount), st])
-    w.writerow([pid[c[0].id], TX_IDS[0], payouts.format_amount(c[0].amount), "confirmed"])
+        w.writerow([pid[x.id], tx, format_amount(x.amount), st])
+    w.writerow([pid[c[0].id], TX_IDS[0], format_amount(c[0].amount), "confirmed"])
     with session_scope(engine) as s:
         res = custodian.import_confirmations(s, seeded.round_id, buf.getvalue(), actor=fin)
     assert res == {"confirmed": 3, "failed": 2, "already": 1, "mismatches": []}
@@ -168,7 +169,7 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
 
 @pytest.mark.parametrize("network, chain_id", [("tron", None), ("ethereum", 1),
                                                ("ethereum", 1337)])
-def test_notify_outcomes_stores_what_enqueue_many_would(engine, network, chain_id):
+def test_notify_outcomes_stores_what_one_notice_at_a_time_would(engine, network, chain_id):
     seeded = seed_round(engine, [(network, USDT + i) for i in range(4)])
     c = seeded.claims
     with session_scope(engine) as s:
@@ -179,12 +180,13 @@ def test_notify_outcomes_stores_what_enqueue_many_would(engine, network, chain_i
     with session_scope(engine) as s:
         payouts.notify_outcomes(s, paid, failed)
     with session_scope(engine) as s:
-        refs = payouts.claim_refs(s, [x.id for x in c])
-        outbox.enqueue_many(s, [
-            (refs[cid], "paid", payouts.paid_context(amount, tx, net, chain, refs[cid].full_name),
-             None) for cid, amount, tx, net, chain in paid
-        ] + [(refs[cid], "failed", {"amount": amount, "name": refs[cid].full_name}, None)
-             for cid, amount in failed])
+        refs = {x.id: x for x in s.execute(select(Claim).where(
+            Claim.id.in_([x.id for x in c]))).scalars()}
+        for cid, amount, tx, net, chain in paid:
+            outbox.enqueue(s, refs[cid], "paid",
+                           payouts.paid_context(amount, tx, net, chain, refs[cid].full_name))
+        for cid, amount in failed:
+            outbox.enqueue(s, refs[cid], "failed", {"amount": amount, "name": refs[cid].full_name})
     with session_scope(engine, write=False) as s:
         stored = contexts(s)
     assert len(stored) == 10
@@ -198,7 +200,7 @@ def test_parse_confirmations_skips_blank_rows_and_takes_a_left_out_status():
         "\ufeffPayout_ID , TX_ID ,Amount,Status\n\n , ,\n7,T1,1.5\n8,T2,2,FAILED\r\n,,,\n")
     assert [(r.line, r.payout_id, r.tx_id, r.amount, r.status) for r in rows] == [
         (4, 7, "T1", 1_500_000, "confirmed"), (5, 8, "T2", 2_000_000, "failed")]
-    with pytest.raises(custodian.InvalidInput) as exc:
+    with pytest.raises(InvalidInput) as exc:
         custodian.parse_confirmations("status,payout_id,tx_id,amount\nconfirmed,1,T,1\n"
                                       + "x" * 200_000)  # longer than csv's field limit
     assert "line 3: not CSV" in exc.value.detail
