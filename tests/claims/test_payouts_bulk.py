@@ -65,6 +65,9 @@ def generic_context(claim: Claim, context: dict) -> str:
     return json.dumps({"reference": claim.reference, **context})
 
 
+STATUSES = ["confirmed", "failed", "confirmed", "failed", "confirmed"]
+
+
 def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chunk):
     seeded = seed_round(engine, [("tron", 3 * USDT + i) for i in range(7)])
     c = seeded.tron
@@ -84,6 +87,22 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
 
     out = payouts.execute_round(engine, seeded.round_id)
     assert (out["exported"], out["held"]) == (5, 2)
+    check_export_stored(engine, c, pid, chunk)
+
+    # confirmed and failed rows interleaved; one repeated (counted as already)
+    text = confirmations_file(c, pid)
+    with session_scope(engine) as s:
+        res = custodian.import_confirmations(s, seeded.round_id, text, actor=fin)
+    assert res == {"confirmed": 3, "failed": 2, "already": 1, "mismatches": []}
+    check_import_stored(engine, fin, c, pid)
+    # the same file again records nothing
+    with session_scope(engine) as s:
+        again = custodian.import_confirmations(s, seeded.round_id, text, actor=fin)
+    assert (again["confirmed"], again["failed"], again["already"]) == (0, 0, 6)
+
+
+def check_export_stored(engine, c, pid, chunk):
+    """The held payouts' events, the export's events (one per chunk) and attempt rows."""
     with session_scope(engine, write=False) as s:
         held = events(s, "payout.held")
         assert [(e.subject_id, e.before, e.after) for e in held] == [
@@ -102,20 +121,22 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
                                     PayoutAttempt.address).order_by(PayoutAttempt.id)).all()
         assert attempts == [(pid[x.id], 1, x.address) for x in c[:5]]
 
-    # confirmed and failed rows interleaved; one repeated (counted as already)
+
+def confirmations_file(c, pid) -> str:
+    """The first five payouts confirmed or failed (:data:`STATUSES`), the first one twice."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["payout_id", "tx_id", "amount", "status"])
-    statuses = ["confirmed", "failed", "confirmed", "failed", "confirmed"]
-    for x, tx, st in zip(c[:5], TX_IDS, statuses, strict=False):
+    for x, tx, st in zip(c[:5], TX_IDS, STATUSES, strict=False):
         w.writerow([pid[x.id], tx, format_amount(x.amount), st])
     w.writerow([pid[c[0].id], TX_IDS[0], format_amount(c[0].amount), "confirmed"])
-    with session_scope(engine) as s:
-        res = custodian.import_confirmations(s, seeded.round_id, buf.getvalue(), actor=fin)
-    assert res == {"confirmed": 3, "failed": 2, "already": 1, "mismatches": []}
+    return buf.getvalue()
 
-    ok = [(i, x) for i, x in enumerate(c[:5]) if statuses[i] == "confirmed"]
-    bad = [(i, x) for i, x in enumerate(c[:5]) if statuses[i] == "failed"]
+
+def check_import_stored(engine, fin, c, pid):
+    """The import's audit events, notices, confirmations, payouts and attempts."""
+    ok = [(i, x) for i, x in enumerate(c[:5]) if STATUSES[i] == "confirmed"]
+    bad = [(i, x) for i, x in enumerate(c[:5]) if STATUSES[i] == "failed"]
     with session_scope(engine, write=False) as s:
         assert audit.verify_chain(s).ok
         got = [(e.actor, e.role, e.subject_type, e.subject_id, e.before, e.after)
@@ -142,7 +163,7 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
         assert s.execute(select(CustodianConfirmation.payout_id, CustodianConfirmation.tx_id,
                                 CustodianConfirmation.amount, CustodianConfirmation.status)
                          .order_by(CustodianConfirmation.id)).all() == [
-            (pid[x.id], TX_IDS[i], x.amount, statuses[i]) for i, x in ok + bad]
+            (pid[x.id], TX_IDS[i], x.amount, STATUSES[i]) for i, x in ok + bad]
         by_id = {p.id: p for p in s.execute(select(Payout)).scalars()}
         for i, x in ok:
             p = by_id[pid[x.id]]
@@ -161,10 +182,6 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
             **{(pid[x.id], 1): ("failed", f"the custodian reported it failed (tx {TX_IDS[i]})")
                for i, x in bad},
         }
-    # the same file again records nothing
-    with session_scope(engine) as s:
-        again = custodian.import_confirmations(s, seeded.round_id, buf.getvalue(), actor=fin)
-    assert (again["confirmed"], again["failed"], again["already"]) == (0, 0, 6)
 
 
 @pytest.mark.parametrize("network, chain_id", [("tron", None), ("ethereum", 1),

@@ -48,9 +48,6 @@ from claims.money import format_amount
 from claims.payouts.common import FINANCE, RAIL_CUSTODIAN, chunked, require_finance
 from claims.payouts.rails.custodian_confirmations import (
     CONFIRMATION_COLUMNS,
-    MAX_ROWS,
-    MAX_TX_ID,
-    STATUSES,
     ConfirmationRow,
     import_confirmations,
     import_confirmations_file,
@@ -214,7 +211,7 @@ def _csv_chunks(session: Session, round_pk: int, batch: int) -> Iterator[tuple[s
 
 __all__ = [
     "CONFIRMATION_COLUMNS", "EXPORT_STEP", "INSTRUCTION_BATCH", "INSTRUCTION_COLUMNS",
-    "MAX_ROWS", "MAX_TX_ID", "STATUSES", "ConfirmationRow", "export_pending",
+    "ConfirmationRow", "export_pending",
     "import_confirmations", "import_confirmations_file", "instruction_csv_chunks",
     "instruction_key", "instruction_rows", "open_instructions", "parse_confirmations",
     "prepare_instructions", "simulate_custodian", "simulated_confirmations",
