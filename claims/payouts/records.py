@@ -173,7 +173,9 @@ def open_attempts(
                     columns=("chain_tx_id", "address"), rows=old)
 
 
-def close_attempts(session: Session, rows: Sequence[tuple[int, int, str | None, str | None]]) -> None:
+def close_attempts(
+    session: Session, rows: Sequence[tuple[int, int, str | None, str | None]]
+) -> None:
     """Record how attempts ended ``(payout_id, attempt, outcome, reason)``."""
     if rows:
         update_rows(session, PayoutAttempt.__table__, keys=("payout_id", "attempt"),
