@@ -43,9 +43,9 @@ from api.auth import Finance, FinanceOrAuditor, staff_router
 from api.problems import problems
 from claims import idempotency, payouts, rounds
 from claims.db import get_engine, session_scope
-from claims.payouts.rails import custodian
 from claims.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from claims.models import PayoutState
+from claims.payouts.rails import custodian
 
 router = staff_router(tags=["payouts"])
 

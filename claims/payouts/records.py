@@ -3,8 +3,8 @@ is signed or exported (:func:`classify`, :func:`hold_many`), the attempt rows
 (:func:`open_attempts`, :func:`close_attempts`) and the claimants' ``paid`` and ``failed``
 notices (:func:`notify_outcomes`).
 
-Every function takes a step's rows at once (one statement per :data:`~claims.payouts.common.
-INSERT_CHUNK` rows), never one query per payout."""
+Every function takes a step's rows at once (one statement per
+:data:`~claims.payouts.common.INSERT_CHUNK` rows), never one query per payout."""
 
 from __future__ import annotations
 
