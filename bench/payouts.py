@@ -10,14 +10,14 @@ empty database), released, and run by :func:`claims.payouts.execute_round` with 
 ``B`` (default 200): select → sign → commit → broadcast → receipt → verify the Transfer events
 → mark, exactly what production does, audit events, attempt rows and ``paid`` notices
 included. Then a second round of M payouts (default ``min(N, 500)``: one by one costs a block
-each, which for 10,000 payouts would take many minutes on a small machine) runs with batch
-size 1. Printed per mode: payouts/s (wall time of the run, seeding and release excluded),
-payouts per CPU second of this process (comparable on a shared, loaded machine), gas per
-payout (the receipts' gas, measured), and the ratios; first of all, the same batches sent
-straight through the rail without the database (up to 2,000 payouts): the in-process chain's
-own ceiling on this machine, so the executor's overhead shows as a share. Goals:
-≥ 150 payouts/s batched; gas per payout batched ≤ 60 % of single transfers. Every run checks that each recipient got
-exactly its amount and the chain total equals the database's confirmed total.
+each) runs with batch size 1. Printed per mode: payouts/s (wall time of the run, seeding and
+release excluded), payouts per CPU second of this process (comparable on a shared, loaded
+machine), gas per payout (the receipts' gas, measured), and the ratios; first of all, the
+same batches sent straight through the rail without the database (up to 2,000 payouts): the
+in-process chain's own ceiling on this machine, so the executor's overhead shows as a share.
+Goals: ≥ 150 payouts/s batched; gas per payout batched ≤ 60 % of single transfers. Every run
+checks that each recipient got exactly its amount and the chain total equals the database's
+confirmed total; the figures go to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def main() -> None:
     os.environ["RESTITUTION_DATABASE_URL"] = url
 
     from claims.db import get_engine
-    from claims.rails.evm import EvmRail
+    from claims.payouts.rails.evm import EvmRail
 
     engine = get_engine(url)
     rail = EvmRail()

@@ -1,6 +1,7 @@
 """Idempotency keys: a repeated request with the same key gets the stored answer.
 
-Protocol (CONTRACT.md, ``POST /api/v1/claims``; also usable by any other operation):
+Protocol (docs/api.md, ``POST /api/v1/claims``; also usable by any other operation —
+:func:`run_once` runs the whole of it around one unit of work):
 
 1. :func:`begin` claims ``(scope, key)`` in **its own committed transaction** by inserting an
    ``in_flight`` row that carries a keyed hash of the canonical request body. The row is
@@ -34,11 +35,13 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from claims.errors import IdempotencyConflict, InvalidInput
 from claims.models import IdempotencyKey, utcnow
@@ -157,3 +160,25 @@ def abandon(engine: Engine, ticket: Ticket) -> None:
                 IdempotencyKey.created_at == ticket.stamp,
             )
         )
+
+
+def run_once(engine: Engine, scope: str, key: str, request: Any,
+             work: Callable[[Session], dict], *, status_code: int = 200) -> dict:
+    """The protocol around one unit of work: claim ``(scope, key)`` for ``request`` (its
+    canonical body, hashed by :func:`request_hash`); a key used before with the same request
+    answers the stored answer without working again. Otherwise ``work(session)`` runs in one
+    transaction and its answer is stored with ``status_code`` in that same transaction; when
+    it fails the key is freed (:func:`abandon`) and the error propagates."""
+    from claims.db import session_scope
+
+    outcome = begin(engine, scope, key, request_hash(request))
+    if isinstance(outcome, Replay):
+        return outcome.response
+    try:
+        with session_scope(engine) as s:
+            body = work(s)
+            complete(s, outcome, status_code, body)
+    except BaseException:
+        abandon(engine, outcome)
+        raise
+    return body

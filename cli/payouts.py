@@ -127,12 +127,11 @@ def execute(
     from cli.common import sign_in_as
 
     sign_in_as(as_name, "finance")
-    from claims import rounds
-    from claims.db import session_scope
+    from claims import payouts
+    from claims.db import get_engine
 
     with domain_errors():
-        with session_scope(write=False) as s:
-            rid = rounds.get_round(s, round_id).id
+        rid = payouts.round_pk(get_engine(), round_id)
         run = _run_with_progress(rid, batch_size, as_json)
         v = _summary(round_id)
     if as_json:
@@ -155,18 +154,17 @@ def status(
     from claims.db import session_scope
 
     with domain_errors():
-        w = None
         if wallet:
+            v = payouts.summary_with_wallet(round_id)
+        else:
             with session_scope(write=False) as s:
-                payouts.summary(s, round_id)
-            w = payouts.wallet_view(payouts.default_rail())
-        with session_scope(write=False) as s:
-            v = payouts.summary(s, round_id, wallet=w)
+                v = payouts.summary(s, round_id)
     if as_json:
         print_json(v)
     else:
         _print_summary(v)
-        if w:
+        if wallet:
+            w = v["wallet"]
             typer.echo(f"  wallet {w.get('address')}: {w.get('token_balance')} USDT, "
                        f"{w.get('gas_balance_wei')} wei")
 
@@ -206,7 +204,7 @@ def instructions(
 
     actor = sign_in_as(as_name, "finance")
     from claims.db import session_scope
-    from claims.rails import custodian
+    from claims.payouts.rails import custodian
 
     with domain_errors():
         with session_scope() as s:  # the export, committed before the file is handed over
@@ -243,13 +241,10 @@ def confirm(
     from cli.common import sign_in_as
 
     actor = sign_in_as(as_name, "finance")
-    from claims.db import session_scope
-    from claims.rails import custodian
+    from claims.payouts.rails import custodian
 
     with domain_errors():
-        custodian.parse_confirmations(data)
-        with session_scope() as s:
-            res = custodian.import_confirmations(s, round_id, data, actor=actor)
+        res = custodian.import_confirmations_file(round_id, data, actor=actor)
     if as_json:
         print_json(res)
     else:

@@ -10,7 +10,8 @@ per payout):
 2. ``payouts-evm-batch`` — one Disperse transaction of up to ``batch_size`` payouts (signed
    and committed before it is broadcast, receipt checked, a reverted batch bisected), again
    until none is pending;
-3. ``payouts-custodian-batch`` — pending custodian (TRON) payouts exported, 1,000 a task;
+3. ``payouts-custodian-batch`` — pending custodian (TRON) payouts exported, one export step
+   a task;
 4. ``payouts-finish`` — the release token given back when nothing is in flight; the round
    settles when every payout is confirmed and the total equals ``allocated``.
 
@@ -76,10 +77,8 @@ def execute_payouts(round_id: int, batch_size: int = payouts.BATCH_SIZE) -> dict
     """Run round ``round_id``'s payouts to the end; returns the counts of this run (see
     :class:`claims.payouts.RunResult`) and ``by_state`` of the whole round."""
     engine = get_engine()
-    with session_scope(engine, write=False) as s:
-        rid = payouts.rounds.get_round(s, round_id).id
-    counts = payouts.active_counts(engine, rid)
-    total = counts["evm"] + counts["custodian"] + counts["reverted"]
+    rid = payouts.round_pk(engine, round_id)
+    total = payouts.work_left(engine, rid)
     progress = Progress(key=f"payouts-round-{rid}",
                         description=f"Payouts of round {rid}: share of payouts done")
     totals = {"confirmed": 0, "failed": 0, "held": 0, "exported": 0, "expired": 0,

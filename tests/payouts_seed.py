@@ -3,7 +3,7 @@
 ``seed_round(engine, specs)`` makes a case, one approved claim per spec and an approved round
 whose allocations are the specs' amounts. A spec is ``(network, amount_micro)`` or
 ``(network, amount_micro, address)``; addresses default to fresh valid ones (EIP-55 for
-Ethereum, base58check for TRON). Inserts are bulk (the bench seeds 10,000 claims).
+Ethereum, base58check for TRON). Inserts are bulk (the bench seeds whole rounds).
 
 Importable from every test module (``tests/`` is on ``sys.path`` through its conftest).
 """

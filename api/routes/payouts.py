@@ -1,13 +1,13 @@
-"""Finance's payout API (CONTRACT.md "Staff", Finance). Rules: :mod:`claims.payouts`,
-:mod:`claims.rails.custodian`.
+"""Finance's payout API (docs/api.md, finance; docs/payouts.md). Rules: :mod:`claims.payouts`,
+:mod:`claims.payouts.rails.custodian`.
 
 - ``POST /api/v1/rounds/{id}/payouts`` (finance; ``Idempotency-Key`` required, else 400) →
   202 when every payout of the release exists (``pending``), answered after the commit; the
   same key again → 202 with the same answer; a release while one runs or with nothing left →
   409. The payouts then run in the background: :data:`START_EXECUTION` (default: FastAPI
   ``BackgroundTasks`` calling :func:`claims.payouts.execute_in_background` in this process —
-  the embedded default; one run per round and process; ``serve``'s background loop
-  ``claims.payouts:background`` resumes any run a restart interrupted). A deployment of the
+  the embedded default; one run per round and process; ``serve``'s background pass
+  (:mod:`flows.background`) resumes any run a restart interrupted). A deployment of the
   Prefect flow ``execute-payouts`` can take its place when ``PREFECT_API_URL`` is set.
 - ``GET /api/v1/rounds/{id}/payouts`` → ``{"total", "by_state" (every state), "wallet"}`` plus
   the round's status, stop reason and open mismatches (finance, auditor).
@@ -45,11 +45,11 @@ from claims import idempotency, payouts, rounds
 from claims.db import get_engine, session_scope
 from claims.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from claims.models import PayoutState
+from claims.payouts.rails import custodian
 
 router = staff_router(tags=["payouts"])
 
 MAX_CSV_BYTES = 20 * 1024 * 1024
-IDEMPOTENCY_SCOPE = "payouts.release"
 
 
 def _start_in_background(background: BackgroundTasks, round_id: int) -> None:
@@ -180,19 +180,9 @@ class RestartOut(BaseModel):
 
 
 def _release(round_id: int, key: str, staff) -> dict[str, Any]:
-    engine = get_engine()
-    outcome = idempotency.begin(engine, IDEMPOTENCY_SCOPE, key,
-                                idempotency.request_hash({"round": round_id}))
-    if isinstance(outcome, idempotency.Replay):
-        return outcome.response
-    try:
-        with session_scope(engine) as s:
-            body = payouts.release_round(s, round_id, actor=staff.actor, idempotency_key=key)
-            idempotency.complete(s, outcome, 202, body)
-    except BaseException:
-        idempotency.abandon(engine, outcome)
-        raise
-    return body
+    """Kept for the console (api/pages/staff.py) until it calls
+    :func:`claims.payouts.release_once` itself."""
+    return payouts.release_once(round_id, key, actor=staff.actor)
 
 
 @router.post(
@@ -216,7 +206,8 @@ async def release(
         raise MissingIdempotencyKey("the Idempotency-Key header is required")
     idempotency.check_key(idempotency_key)
     rid = rounds.parse_round_id(id)
-    body = await run_in_threadpool(_release, rid, idempotency_key, staff)
+    body = await run_in_threadpool(payouts.release_once, rid, idempotency_key,
+                                   actor=staff.actor)
     START_EXECUTION(background, rid)
     return JSONResponse(body, status_code=202, background=background)
 
@@ -231,11 +222,7 @@ async def release(
     summary="Payout totals by state and the payout wallet (finance, auditor)",
 )
 def get_summary(id: str, staff: FinanceOrAuditor) -> dict[str, Any]:
-    with session_scope(write=False) as s:
-        payouts.summary(s, id)  # 404 before touching the chain
-    wallet = payouts.wallet_view(payouts.default_rail())
-    with session_scope(write=False) as s:
-        return payouts.summary(s, id, wallet=wallet)
+    return payouts.summary_with_wallet(id)
 
 
 @router.get(
@@ -265,14 +252,9 @@ def list_items(
     summary="The custodian rail's instructions (finance exports; auditor reads)",
 )
 def instructions_csv(id: str, staff: FinanceOrAuditor) -> Response:
-    from claims.rails import custodian
-
-    finance = staff.role == "finance"
-    with session_scope(write=finance) as s:  # the export commits before the lines go out
-        rid = custodian.prepare_instructions(s, id, actor=staff.actor if finance else None,
-                                             export=finance)
+    rid, chunks = custodian.open_instructions(id, actor=staff.actor)
     return StreamingResponse(
-        custodian.stream_instructions(rid),
+        chunks,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="round-{rid}-instructions.csv"',
                  "Cache-Control": "no-store"},
@@ -292,8 +274,6 @@ def instructions_csv(id: str, staff: FinanceOrAuditor) -> Response:
         "text/csv": {"schema": {"type": "string"}}}}},
 )
 async def confirmations(id: str, staff: Finance, request: Request) -> dict[str, Any]:
-    from claims.rails import custodian
-
     ctype = request.headers.get("content-type", "text/csv").split(";")[0].strip().lower()
     if ctype not in ("text/csv", "text/plain", "application/csv", "application/octet-stream"):
         raise UnsupportedMediaType("send the confirmations as text/csv")
@@ -302,13 +282,8 @@ async def confirmations(id: str, staff: Finance, request: Request) -> dict[str, 
         body += chunk
         if len(body) > MAX_CSV_BYTES:
             raise PayloadTooLarge(f"at most {MAX_CSV_BYTES // (1024 * 1024)} MiB")
-
-    def work() -> dict[str, Any]:
-        custodian.parse_confirmations(body)  # 422 before any lock
-        with session_scope() as s:
-            return custodian.import_confirmations(s, id, body, actor=staff.actor)
-
-    return await run_in_threadpool(work)
+    return await run_in_threadpool(custodian.import_confirmations_file, id, body,
+                                   actor=staff.actor)
 
 
 # ------------------------------------------------------------------ one payout
@@ -383,6 +358,5 @@ def restart(id: str, staff: Finance, background: BackgroundTasks) -> dict[str, A
              summary="Check every confirmed payout against the chain or the custodian "
                      "(finance)")
 def reconcile(id: str, staff: Finance) -> dict[str, Any]:
-    payouts.require_finance(staff.actor, "reconcile a round")
     return payouts.reconcile_round(get_engine(), id, actor=staff.actor)
 

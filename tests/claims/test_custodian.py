@@ -22,7 +22,8 @@ from claims.models import (
     Notification,
     Payout,
 )
-from claims.rails import custodian
+from claims.money import format_amount
+from claims.payouts.rails import custodian
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_instructions_list_each_exported_payout_once_and_never_change(engine, fi
     assert [r["payout_id"] for r in rows] == [str(ids[c.id]) for c in seeded.tron]
     for r, c in zip(rows, seeded.tron, strict=True):
         assert (r["network"], r["address"], r["amount"]) == ("tron", c.address,
-                                                             payouts.format_amount(c.amount))
+                                                             format_amount(c.amount))
         assert r["idempotency_key"] == payouts.payout_key(seeded.round_id, c.id)
     with session_scope(engine, write=False) as s:
         states = dict(s.execute(select(Payout.rail, Payout.state)).all())
@@ -129,12 +130,12 @@ def test_confirmations_confirm_fail_and_detect_mismatches(engine, fin):
     read_instructions(engine, seeded.round_id, fin)
     ids = payout_ids(engine, seeded.round_id)
     p = [ids[c.id] for c in seeded.tron]
-    a = [payouts.format_amount(c.amount) for c in seeded.tron]
+    a = [format_amount(c.amount) for c in seeded.tron]
     text = ("payout_id,tx_id,amount,status\n"
             f"{p[0]},{'a' * 64},{a[0]},confirmed\n"
             f"{p[1]},{'b' * 64},{a[1]}\n"
             f"{p[2]},CUST-77,{a[2]},failed\n"
-            f"{p[3]},{'d' * 64},{payouts.format_amount(seeded.tron[3].amount + 1)},confirmed\n"
+            f"{p[3]},{'d' * 64},{format_amount(seeded.tron[3].amount + 1)},confirmed\n"
             f"999999,{'e' * 64},1\n")
     res = confirm(engine, seeded.round_id, text, fin)
     assert (res["confirmed"], res["failed"], res["already"]) == (2, 1, 0)

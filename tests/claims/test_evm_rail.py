@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from claims.rails import evm
-from claims.rails.evm import (
+from claims.payouts.rails import evm
+from claims.payouts.rails.evm import (
     MAX_UINT256,
     BatchOutcome,
     BroadcastError,
@@ -58,7 +58,7 @@ def rail() -> EvmRail:
 
 def test_importing_the_rail_does_not_load_web3() -> None:
     code = (
-        "import sys, claims.rails, claims.rails.evm; "
+        "import sys, claims.payouts.rails, claims.payouts.rails.evm; "
         "print(sorted(m for m in ('web3', 'eth_tester', 'eth', 'eth_account') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -115,12 +115,12 @@ def test_approve_needs_a_reset_to_zero_like_usdt() -> None:
     r.bootstrap(1 * USDT)
     assert r.allowance() == MAX_UINT256
     # Changing a non-zero allowance to another non-zero value reverts (USDT's rule) ...
-    data = evm.SEL_APPROVE + evm._addr_word(r.disperse_address) + evm._word(5)
+    data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(5)
     assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).status == 0
     # ... so ensure_allowance resets to 0 first when it must change it.
-    data = evm.SEL_APPROVE + evm._addr_word(r.disperse_address) + evm._word(0)
+    data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(0)
     assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
-    data = evm.SEL_APPROVE + evm._addr_word(r.disperse_address) + evm._word(5)
+    data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(5)
     assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
     assert r.allowance() == 5
     assert len(r.ensure_allowance()) == 2
@@ -138,7 +138,7 @@ def test_disperse_refuses_a_token_address_without_code_and_mismatched_lengths(
     assert not sim.ok and sim.failed_index is None
     data = bytearray(rail.batch_data([fresh_address(), fresh_address()], [USDT, USDT]))
     data[-32 * 2 - 1] = 1  # the length word of values[]: 2 -> 1
-    with pytest.raises(evm._revert_errors()):
+    with pytest.raises(evm.revert_errors()):
         rail._call(rail.disperse_address, bytes(data), sender=rail.address)
 
 
@@ -533,7 +533,7 @@ def anvil():
             assert w3.eth.wait_for_transaction_receipt(h)["status"] == 1
 
         rail = EvmRail(url, private_key=ANVIL_KEYS[1], token_address=token)
-        issue(evm.SEL_MINT + evm._addr_word(rail.address) + evm._word(1_000_000 * USDT))
+        issue(evm.SEL_MINT + evm.address_word(rail.address) + evm.word(1_000_000 * USDT))
         yield rail, w3, issue
     finally:
         proc.terminate()
@@ -589,7 +589,7 @@ def test_on_a_json_rpc_node_pending_and_bisection(anvil) -> None:
 
     payments = [(fresh_address(), USDT + i) for i in range(8)]
     bad = payments[5]
-    issue(evm.SEL_ADD_BLACKLIST + evm._addr_word(bad[0]))
+    issue(evm.SEL_ADD_BLACKLIST + evm.address_word(bad[0]))
     # The node's gas estimate reverts for a chunk with the bad recipient: no gas is spent.
     outcomes = rail.pay_batch_with_bisect(payments)
     paid, failed = payouts_of(outcomes)

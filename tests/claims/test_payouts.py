@@ -25,7 +25,7 @@ from claims.models import (
     PayoutAttempt,
     utcnow,
 )
-from claims.rails.evm import EvmRail
+from claims.payouts.rails.evm import EvmRail
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """The payout hot paths write their rows, audit events and notices in bulk (SQL written
-directly, audit texts and notice contexts serialized by hand, work in chunks of
-``INSERT_CHUNK``): what they store must be exactly what the generic helpers
-(``audit.record_many``, ``outbox.enqueue_many``) would store, in the same order, whatever the
-chunk size. SQLite and PostgreSQL."""
+directly, work in chunks of ``INSERT_CHUNK``): what they store must be exactly the events and
+notices one would write one by one, in the same order, whatever the chunk size. SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from sqlalchemy import select, text, update
 
 from claims import audit, outbox, payouts
 from claims.db import session_scope
+from claims.errors import InvalidInput
 from claims.models import (
     AuditEvent,
     BlockedAddress,
@@ -26,7 +26,9 @@ from claims.models import (
     PayoutAttempt,
     utcnow,
 )
-from claims.rails import custodian
+from claims.money import format_amount
+from claims.payouts import common
+from claims.payouts.rails import custodian
 
 # Names and transaction ids that JSON escapes differently with and without ensure_ascii.
 NAMES = ['Әлия "Q" Нұрланқызы', "Back\\slash / ñ", "Plain Name", "Ёлка\ttab", "Zoë 😀",
@@ -41,8 +43,7 @@ def fin(engine):
 
 @pytest.fixture(params=[2, 5000], ids=["chunk2", "chunk5000"])
 def chunk(request, monkeypatch):
-    monkeypatch.setattr(payouts, "INSERT_CHUNK", request.param)
-    monkeypatch.setattr(custodian, "INSERT_CHUNK", request.param)
+    monkeypatch.setattr(common, "INSERT_CHUNK", request.param)
     return request.param
 
 
@@ -60,8 +61,11 @@ def events(s, *actions):
 
 
 def generic_context(claim: Claim, context: dict) -> str:
-    """The context text ``outbox.enqueue_many`` stores."""
-    return json.dumps({"reference": claim.reference, **audit.jsonable(context)})
+    """The context text one notice of ``context`` about ``claim`` stores."""
+    return json.dumps({"reference": claim.reference, **context})
+
+
+STATUSES = ["confirmed", "failed", "confirmed", "failed", "confirmed"]
 
 
 def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chunk):
@@ -83,6 +87,22 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
 
     out = payouts.execute_round(engine, seeded.round_id)
     assert (out["exported"], out["held"]) == (5, 2)
+    check_export_stored(engine, c, pid, chunk)
+
+    # confirmed and failed rows interleaved; one repeated (counted as already)
+    text = confirmations_file(c, pid)
+    with session_scope(engine) as s:
+        res = custodian.import_confirmations(s, seeded.round_id, text, actor=fin)
+    assert res == {"confirmed": 3, "failed": 2, "already": 1, "mismatches": []}
+    check_import_stored(engine, fin, c, pid)
+    # the same file again records nothing
+    with session_scope(engine) as s:
+        again = custodian.import_confirmations(s, seeded.round_id, text, actor=fin)
+    assert (again["confirmed"], again["failed"], again["already"]) == (0, 0, 6)
+
+
+def check_export_stored(engine, c, pid, chunk):
+    """The held payouts' events, the export's events (one per chunk) and attempt rows."""
     with session_scope(engine, write=False) as s:
         held = events(s, "payout.held")
         assert [(e.subject_id, e.before, e.after) for e in held] == [
@@ -101,20 +121,22 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
                                     PayoutAttempt.address).order_by(PayoutAttempt.id)).all()
         assert attempts == [(pid[x.id], 1, x.address) for x in c[:5]]
 
-    # confirmed and failed rows interleaved; one repeated (counted as already)
+
+def confirmations_file(c, pid) -> str:
+    """The first five payouts confirmed or failed (:data:`STATUSES`), the first one twice."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["payout_id", "tx_id", "amount", "status"])
-    statuses = ["confirmed", "failed", "confirmed", "failed", "confirmed"]
-    for x, tx, st in zip(c[:5], TX_IDS, statuses, strict=False):
-        w.writerow([pid[x.id], tx, payouts.format_amount(x.amount), st])
-    w.writerow([pid[c[0].id], TX_IDS[0], payouts.format_amount(c[0].amount), "confirmed"])
-    with session_scope(engine) as s:
-        res = custodian.import_confirmations(s, seeded.round_id, buf.getvalue(), actor=fin)
-    assert res == {"confirmed": 3, "failed": 2, "already": 1, "mismatches": []}
+    for x, tx, st in zip(c[:5], TX_IDS, STATUSES, strict=False):
+        w.writerow([pid[x.id], tx, format_amount(x.amount), st])
+    w.writerow([pid[c[0].id], TX_IDS[0], format_amount(c[0].amount), "confirmed"])
+    return buf.getvalue()
 
-    ok = [(i, x) for i, x in enumerate(c[:5]) if statuses[i] == "confirmed"]
-    bad = [(i, x) for i, x in enumerate(c[:5]) if statuses[i] == "failed"]
+
+def check_import_stored(engine, fin, c, pid):
+    """The import's audit events, notices, confirmations, payouts and attempts."""
+    ok = [(i, x) for i, x in enumerate(c[:5]) if STATUSES[i] == "confirmed"]
+    bad = [(i, x) for i, x in enumerate(c[:5]) if STATUSES[i] == "failed"]
     with session_scope(engine, write=False) as s:
         assert audit.verify_chain(s).ok
         got = [(e.actor, e.role, e.subject_type, e.subject_id, e.before, e.after)
@@ -141,7 +163,7 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
         assert s.execute(select(CustodianConfirmation.payout_id, CustodianConfirmation.tx_id,
                                 CustodianConfirmation.amount, CustodianConfirmation.status)
                          .order_by(CustodianConfirmation.id)).all() == [
-            (pid[x.id], TX_IDS[i], x.amount, statuses[i]) for i, x in ok + bad]
+            (pid[x.id], TX_IDS[i], x.amount, STATUSES[i]) for i, x in ok + bad]
         by_id = {p.id: p for p in s.execute(select(Payout)).scalars()}
         for i, x in ok:
             p = by_id[pid[x.id]]
@@ -160,15 +182,11 @@ def test_export_and_import_store_what_the_generic_helpers_would(engine, fin, chu
             **{(pid[x.id], 1): ("failed", f"the custodian reported it failed (tx {TX_IDS[i]})")
                for i, x in bad},
         }
-    # the same file again records nothing
-    with session_scope(engine) as s:
-        again = custodian.import_confirmations(s, seeded.round_id, buf.getvalue(), actor=fin)
-    assert (again["confirmed"], again["failed"], again["already"]) == (0, 0, 6)
 
 
 @pytest.mark.parametrize("network, chain_id", [("tron", None), ("ethereum", 1),
                                                ("ethereum", 1337)])
-def test_notify_outcomes_stores_what_enqueue_many_would(engine, network, chain_id):
+def test_notify_outcomes_stores_what_one_notice_at_a_time_would(engine, network, chain_id):
     seeded = seed_round(engine, [(network, USDT + i) for i in range(4)])
     c = seeded.claims
     with session_scope(engine) as s:
@@ -179,12 +197,13 @@ def test_notify_outcomes_stores_what_enqueue_many_would(engine, network, chain_i
     with session_scope(engine) as s:
         payouts.notify_outcomes(s, paid, failed)
     with session_scope(engine) as s:
-        refs = payouts.claim_refs(s, [x.id for x in c])
-        outbox.enqueue_many(s, [
-            (refs[cid], "paid", payouts.paid_context(amount, tx, net, chain, refs[cid].full_name),
-             None) for cid, amount, tx, net, chain in paid
-        ] + [(refs[cid], "failed", {"amount": amount, "name": refs[cid].full_name}, None)
-             for cid, amount in failed])
+        refs = {x.id: x for x in s.execute(select(Claim).where(
+            Claim.id.in_([x.id for x in c]))).scalars()}
+        for cid, amount, tx, net, chain in paid:
+            outbox.enqueue(s, refs[cid], "paid",
+                           payouts.paid_context(amount, tx, net, chain, refs[cid].full_name))
+        for cid, amount in failed:
+            outbox.enqueue(s, refs[cid], "failed", {"amount": amount, "name": refs[cid].full_name})
     with session_scope(engine, write=False) as s:
         stored = contexts(s)
     assert len(stored) == 10
@@ -198,7 +217,7 @@ def test_parse_confirmations_skips_blank_rows_and_takes_a_left_out_status():
         "\ufeffPayout_ID , TX_ID ,Amount,Status\n\n , ,\n7,T1,1.5\n8,T2,2,FAILED\r\n,,,\n")
     assert [(r.line, r.payout_id, r.tx_id, r.amount, r.status) for r in rows] == [
         (4, 7, "T1", 1_500_000, "confirmed"), (5, 8, "T2", 2_000_000, "failed")]
-    with pytest.raises(custodian.InvalidInput) as exc:
+    with pytest.raises(InvalidInput) as exc:
         custodian.parse_confirmations("status,payout_id,tx_id,amount\nconfirmed,1,T,1\n"
                                       + "x" * 200_000)  # longer than csv's field limit
     assert "line 3: not CSV" in exc.value.detail

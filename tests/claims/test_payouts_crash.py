@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from claims import payouts
 from claims.db import session_scope
 from claims.models import ChainTx, DistributionRound, Payout, PayoutAttempt
-from claims.rails.evm import EvmRail
-from claims.rails.evm_exec import STEPS
+from claims.payouts.rails.evm import EvmRail
+from claims.payouts.rails.evm_exec import STEPS
 
 
 class Crash(Exception):

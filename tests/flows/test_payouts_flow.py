@@ -17,7 +17,7 @@ FIN = Actor("fin", "finance")
 
 def test_flow_runs_in_batches_survives_a_crash_and_reruns(engine, prefect_harness,
                                                           monkeypatch):
-    from claims.rails import evm_exec
+    from claims.payouts.rails import evm_exec
     from flows.payouts import execute_payouts
 
     seeded = seed_round(engine, [("ethereum", USDT + i) for i in range(7)]

@@ -1,7 +1,8 @@
 """The EVM payout rail: a USDT-like ERC-20 paid from the program's payout wallet.
 
 Pure library, no database: it signs, broadcasts, reads receipts and verifies transfers; the
-payout layer decides what to pay and records every step. The order the payout layer follows:
+payout layer (:mod:`claims.payouts.rails.evm_exec`) decides what to pay and records every
+step. The order the payout layer follows:
 
 1. ``nonce = rail.next_nonce(at_least=highest nonce it has on record + 1)``
 2. ``signed = rail.sign_batch(recipients, amounts, nonce)`` (or ``sign_transfer``) — nothing is
@@ -11,8 +12,9 @@ payout layer decides what to pay and records every step. The order the payout la
 5. on resume: ``rail.tx_status(hash)`` / ``rail.is_expired(signed)`` decide between
    re-broadcasting the same raw transaction and proving it can never be mined.
 
-``pay_with_bisect`` drives a batch through callbacks so a reverted batch is split in halves
-until a bad recipient fails alone and every other recipient is paid.
+``pay_with_bisect`` (:mod:`~claims.payouts.rails.evm_batch`) drives a batch through callbacks
+so a reverted batch is split in halves until a bad recipient fails alone and every other
+recipient is paid. The encoding lives in :mod:`~claims.payouts.rails.evm_abi`.
 
 Chains: ``rpc_url=None`` runs an in-process eth-tester/py-evm chain (it lives as long as the
 process; ``chain_identity()`` tells one chain from another — its genesis carries random extra
@@ -25,42 +27,60 @@ cheap (its dataclasses and ``pay_with_bisect`` are usable without web3).
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import re
 import secrets
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-ARTIFACTS_PATH = Path(__file__).with_name("evm_artifacts.json")
+from claims.payouts.rails.evm_abi import (
+    MAX_UINT256,
+    SEL_ADD_BLACKLIST,
+    SEL_ALLOWANCE,
+    SEL_APPROVE,
+    SEL_BALANCE_OF,
+    SEL_DISPERSE,
+    SEL_MINT,
+    SEL_TRANSFER,
+    TRANSFER_TOPIC,
+    address_word,
+    check_address,
+    explain_revert,
+    load_artifacts,
+    raw_tx_nonce,
+    revert_errors,
+    to_hex,
+    word,
+)
+from claims.payouts.rails.evm_batch import (
+    BatchOutcome,
+    BroadcastError,
+    ChainIdentity,
+    ChainMismatch,
+    InProcessOnly,
+    NonceConsumed,
+    RailConfigError,
+    RailError,
+    Receipt,
+    SignedTx,
+    Simulation,
+    TokenTransfer,
+    WouldRevert,
+    match_transfers,
+    pay_with_bisect,
+    split_evenly,
+)
 
-# keccak("Transfer(address,address,uint256)")
-TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
-SEL_TRANSFER = bytes.fromhex("a9059cbb")  # transfer(address,uint256)
-SEL_APPROVE = bytes.fromhex("095ea7b3")  # approve(address,uint256)
-SEL_BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address)
-SEL_ALLOWANCE = bytes.fromhex("dd62ed3e")  # allowance(address,address)
-SEL_MINT = bytes.fromhex("40c10f19")  # mint(address,uint256)
-SEL_ADD_BLACKLIST = bytes.fromhex("0ecb93c0")  # addBlackList(address)
-SEL_DISPERSE = bytes.fromhex("c73a2d60")  # disperseToken(address,address[],uint256[])
-ERR_TRANSFER_FAILED = "c39ba1a9"  # Disperse: TransferFailed(uint256)
-ERR_STRING = "08c379a0"  # Error(string)
-
-MAX_UINT256 = 2**256 - 1
 GWEI = 10**9
 ETHER = 10**18
 
 # Gas limits set explicitly (no eth_estimateGas round trip, which py-evm runs as a binary search
-# of full executions). Measured on TestUSDT with fresh recipients: a transfer ≈ 56k, a Disperse
-# batch ≈ 30k + 28.6k per recipient; the limits keep a margin. On a JSON-RPC node the rail
-# estimates instead (a real token may cost more), unless a limit is passed.
+# of full executions), with a margin over what TestUSDT costs with fresh recipients (the gas
+# measured per payout: bench/RESULTS.md). On a JSON-RPC node the rail estimates instead (a real
+# token may cost more), unless a limit is passed.
 GAS_TRANSFER = 90_000
 GAS_APPROVE = 100_000
 GAS_BATCH_BASE = 60_000
@@ -73,282 +93,7 @@ DEFAULT_TEST_KEY_SEED = b"restitution in-process payout wallet"
 DEFAULT_GAS_FUNDING_WEI = 1_000 * ETHER
 IN_PROCESS_PRIORITY_FEE_WEI = 1 * GWEI
 
-
-class RailError(Exception):
-    """Base of the EVM rail's errors."""
-
-
-class RailConfigError(RailError):
-    """Settings that cannot make a rail (e.g. a JSON-RPC node without a token address)."""
-
-
-class BroadcastError(RailError):
-    """The node refused the transaction and it is not known on chain."""
-
-
-class NonceConsumed(BroadcastError):
-    """The transaction's nonce was used by another transaction: it can never be mined."""
-
-
-class WouldRevert(RailError):
-    """Estimating or simulating the transaction showed that it would revert."""
-
-
-class ChainMismatch(RailError):
-    """The rail is connected to another chain than the one on record."""
-
-
-class InProcessOnly(RailError):
-    """An operation that only the in-process test chain allows (mint, blacklist, deploy)."""
-
-
-@dataclass(frozen=True)
-class SignedTx:
-    """A signed, not yet broadcast transaction: commit it before broadcasting."""
-
-    raw_hex: str
-    tx_hash: str
-    nonce: int
-    gas_limit: int = 0
-    max_fee_per_gas: int = 0
-    payouts: int = 1  # how many transfers it carries
-
-
-@dataclass(frozen=True)
-class TokenTransfer:
-    """One ERC-20 ``Transfer`` event."""
-
-    token: str
-    sender: str
-    to: str
-    value: int
-    log_index: int
-
-
-@dataclass(frozen=True)
-class Receipt:
-    tx_hash: str
-    status: int  # 1 success, 0 reverted
-    block_number: int
-    gas_used: int
-    effective_gas_price: int
-    transfers: tuple[TokenTransfer, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 1
-
-    @property
-    def fee_wei(self) -> int:
-        return self.gas_used * self.effective_gas_price
-
-    def per_payout(self, n: int | None = None) -> list[tuple[int, int]]:
-        """``(gas, fee_wei)`` of each of ``n`` payouts (default: one per Transfer event); the
-        shares add up exactly to the transaction's gas and fee."""
-        n = len(self.transfers) if n is None else n
-        if n <= 0:
-            return []
-        return list(zip(split_evenly(self.gas_used, n), split_evenly(self.fee_wei, n), strict=True))
-
-
-@dataclass(frozen=True)
-class ChainIdentity:
-    chain_id: int
-    genesis_hash: str
-
-    def __iter__(self):  # allows ``chain_id, genesis = rail.chain_identity()``
-        return iter((self.chain_id, self.genesis_hash))
-
-
-@dataclass(frozen=True)
-class Simulation:
-    ok: bool
-    reason: str = ""
-    failed_index: int | None = None  # Disperse's TransferFailed(index), when it says so
-
-
-def split_evenly(total: int, n: int) -> list[int]:
-    """``total`` in ``n`` integer shares that differ by at most 1 and add up to ``total``."""
-    q, r = divmod(total, n)
-    return [q + 1 if i < r else q for i in range(n)]
-
-
-# --------------------------------------------------------------------------------------------
-# Bisection: a reverted batch is split in halves until each bad recipient fails alone.
-# --------------------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-@dataclass
-class BatchOutcome(Generic[T]):
-    """What happened to a chunk of items.
-
-    ``kind``: ``paid`` (its transaction succeeded), ``failed`` (a single item whose transaction
-    reverted, or that the prediction refused — then ``signed`` is None: nothing was sent), or
-    ``split`` (its transaction reverted; its halves were tried again as new attempts)."""
-
-    kind: str
-    items: list[T]
-    signed: SignedTx | None = None
-    receipt: Receipt | None = None
-    reason: str = ""
-
-
-def pay_with_bisect(
-    items: Sequence[T],
-    *,
-    sign_and_store: Callable[[list[T]], SignedTx],
-    broadcast_and_wait: Callable[[SignedTx], Receipt],
-    predict: Callable[[list[T]], str | None] | None = None,
-) -> list[BatchOutcome[T]]:
-    """Pay ``items`` in one transaction; when it reverts, pay each half the same way.
-
-    - ``sign_and_store(chunk)`` signs one transaction for the chunk and records it durably
-      before returning (the payout layer commits raw tx, hash and nonce here);
-    - ``broadcast_and_wait(signed)`` broadcasts it and returns its receipt (and records it);
-    - ``predict(chunk)`` (optional, e.g. an ``eth_call`` through ``EvmRail.simulate_batch``)
-      returns None when the chunk should succeed, else why not: a chunk predicted to fail is
-      split without spending gas, and a single item predicted to fail is reported ``failed``
-      without a transaction. ``sign_and_store`` raising ``WouldRevert`` (a JSON-RPC node's gas
-      estimate reverted) counts the same; nothing was signed then.
-
-    Returns the outcomes in order of decision; every item ends in exactly one ``paid`` or
-    ``failed`` outcome. Exceptions from the callbacks propagate (the caller resumes later).
-    """
-    outcomes: list[BatchOutcome[T]] = []
-    stack: list[list[T]] = [list(items)] if items else []
-    while stack:
-        chunk = stack.pop()
-        if predict is not None:
-            why = predict(chunk)
-            if why is not None:
-                if len(chunk) == 1:
-                    outcomes.append(BatchOutcome("failed", chunk, reason=why))
-                else:
-                    mid = len(chunk) // 2
-                    stack.extend((chunk[mid:], chunk[:mid]))  # first half runs first
-                continue
-        try:
-            signed = sign_and_store(chunk)
-        except WouldRevert as exc:  # a node's gas estimate is a prediction too
-            if len(chunk) == 1:
-                outcomes.append(BatchOutcome("failed", chunk, reason=str(exc)))
-            else:
-                mid = len(chunk) // 2
-                stack.extend((chunk[mid:], chunk[:mid]))
-            continue
-        receipt = broadcast_and_wait(signed)
-        if receipt.ok:
-            outcomes.append(BatchOutcome("paid", chunk, signed, receipt))
-        elif len(chunk) == 1:
-            outcomes.append(BatchOutcome("failed", chunk, signed, receipt, "transaction reverted"))
-        else:
-            outcomes.append(
-                BatchOutcome("split", chunk, signed, receipt, "batch reverted; split in halves")
-            )
-            mid = len(chunk) // 2
-            stack.extend((chunk[mid:], chunk[:mid]))
-    return outcomes
-
-
-# --------------------------------------------------------------------------------------------
-# Artifacts and encoding helpers
-# --------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def load_artifacts() -> dict[str, Any]:
-    """ABI + bytecode of TestUSDT and Disperse, built by ``make contracts`` (committed)."""
-    return json.loads(ARTIFACTS_PATH.read_text())
-
-
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
-
-
-_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
-_HEX_RE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
-
-
-def _address(address: str) -> str:
-    """A valid 0x address as given; a mixed-case one must carry a correct EIP-55 checksum."""
-    if not isinstance(address, str) or not _ADDRESS_RE.fullmatch(address):
-        raise ValueError(f"not an EVM address: {address!r}")
-    body = address[2:]
-    if body != body.lower() and body != body.upper():
-        from eth_utils import is_checksum_address
-
-        if not is_checksum_address(address):
-            raise ValueError(f"bad EIP-55 checksum: {address}")
-    return address
-
-
-def _addr_word(address: str) -> bytes:
-    return bytes.fromhex(_address(address)[2:]).rjust(32, b"\0")
-
-
-def _hex(b: bytes) -> str:
-    return "0x" + b.hex()
-
-
-def _revert_data(exc: BaseException) -> str:
-    """The revert data (hex, no 0x) of a failed call: web3's ``.data`` on a JSON-RPC node;
-    eth-tester puts the bytes (or their repr, behind "execution reverted: ") in its message."""
-    data = getattr(exc, "data", None)
-    if isinstance(data, dict):
-        data = data.get("data")
-    if data is None and exc.args:
-        data = exc.args[0]
-        if isinstance(data, str):
-            text = data.removeprefix("execution reverted: ")
-            if text[:2] in ("b'", 'b"'):
-                try:
-                    data = ast.literal_eval(text)
-                except (ValueError, SyntaxError):
-                    data = None
-            else:
-                data = text if _HEX_RE.fullmatch(text) else None
-    if isinstance(data, bytes):
-        return data.hex()
-    return data.removeprefix("0x") if isinstance(data, str) else ""
-
-
-def _explain_revert(exc: BaseException) -> tuple[str, int | None]:
-    data = _revert_data(exc)
-    if data.startswith(ERR_TRANSFER_FAILED) and len(data) >= 8 + 64:
-        index = int(data[8:72], 16)
-        return f"transfer #{index} of the batch failed", index
-    if data.startswith(ERR_STRING) and len(data) >= 8 + 128:
-        try:
-            length = int(data[72:136], 16)
-            text = bytes.fromhex(data[136 : 136 + 2 * length]).decode("utf-8", "replace")
-            return f"reverted: {text}", None
-        except ValueError:
-            pass
-    message = str(exc.args[0]) if exc.args else type(exc).__name__
-    return f"reverted: {message.removeprefix('execution reverted: ')}", None
-
-
-def _revert_errors() -> tuple[type[BaseException], ...]:
-    """What a reverting ``eth_call`` / ``eth_estimateGas`` raises (JSON-RPC node, eth-tester)."""
-    from eth_tester.exceptions import TransactionFailed
-    from web3.exceptions import ContractLogicError
-
-    return (ContractLogicError, TransactionFailed)
-
-
 _KNOWN_TX_MARKERS = ("already known", "known transaction", "already imported", "alreadyknown")
-
-
-def raw_tx_nonce(raw: bytes) -> int:
-    """The nonce of a signed transaction (typed EIP-2718 or legacy)."""
-    import rlp
-
-    typed = raw[0] <= 0x7F  # EIP-2718 type byte; a legacy transaction is an RLP list (>= 0xc0)
-    fields = rlp.decode(raw[1:] if typed else raw)
-    nonce = fields[1] if typed else fields[0]  # typed: [chainId, nonce, ...]
-    return int.from_bytes(nonce, "big")
 
 
 def _settings_key(*parts: object) -> str:
@@ -409,14 +154,14 @@ class EvmRail:
             if keystore_password is None:
                 raise RailConfigError("the keystore needs its password")
             keyfile = json.loads(Path(keystore_path).read_text())
-            private_key = _hex(bytes(Account.decrypt(keyfile, keystore_password)))
+            private_key = to_hex(bytes(Account.decrypt(keyfile, keystore_password)))
         if private_key is None:
             if not self.in_process:
                 raise RailConfigError(
                     "a JSON-RPC node needs the payout wallet: RESTITUTION_EVM_PRIVATE_KEY "
                     "or RESTITUTION_EVM_KEYSTORE"
                 )
-            private_key = _hex(hashlib.sha256(DEFAULT_TEST_KEY_SEED).digest())
+            private_key = to_hex(hashlib.sha256(DEFAULT_TEST_KEY_SEED).digest())
         self._account = Account.from_key(private_key)
         del private_key
         self.address: str = self._account.address
@@ -447,7 +192,7 @@ class EvmRail:
         """(chain id, genesis block hash): record it with every payout."""
         with self._lock:
             genesis = self.w3.eth.get_block(0)
-            return ChainIdentity(int(self.w3.eth.chain_id), _hex(bytes(genesis["hash"])))
+            return ChainIdentity(int(self.w3.eth.chain_id), to_hex(bytes(genesis["hash"])))
 
     def assert_same_chain(self, chain_id: int, genesis_hash: str) -> None:
         """Refuse to reconcile or resume against another chain than the recorded one."""
@@ -469,7 +214,7 @@ class EvmRail:
         return self.disperse_address
 
     def _call(self, to: str, data: bytes, sender: str | None = None) -> bytes:
-        tx: dict[str, Any] = {"to": to, "data": _hex(data)}
+        tx: dict[str, Any] = {"to": to, "data": to_hex(data)}
         if sender:
             tx["from"] = sender
         return bytes(self.w3.eth.call(tx, "latest"))
@@ -477,7 +222,7 @@ class EvmRail:
     def token_balance(self, address: str | None = None) -> int:
         who = address or self.address
         with self._lock:
-            out = self._call(self._require_token(), SEL_BALANCE_OF + _addr_word(who))
+            out = self._call(self._require_token(), SEL_BALANCE_OF + address_word(who))
         return int.from_bytes(out, "big")
 
     def balances(self) -> dict[str, Any]:
@@ -491,7 +236,7 @@ class EvmRail:
         with self._lock:
             out = self._call(
                 self._require_token(),
-                SEL_ALLOWANCE + _addr_word(self.address) + _addr_word(self._require_disperse()),
+                SEL_ALLOWANCE + address_word(self.address) + address_word(self._require_disperse()),
             )
         return int.from_bytes(out, "big")
 
@@ -578,8 +323,8 @@ class EvmRail:
         signed = self._account.sign_transaction(tx)
         self._local_next_nonce = max(self._local_next_nonce, nonce + 1)
         return SignedTx(
-            raw_hex=_hex(bytes(signed.raw_transaction)),
-            tx_hash=_hex(bytes(signed.hash)),
+            raw_hex=to_hex(bytes(signed.raw_transaction)),
+            tx_hash=to_hex(bytes(signed.hash)),
             nonce=nonce,
             gas_limit=gas,
             max_fee_per_gas=max_fee,
@@ -587,13 +332,13 @@ class EvmRail:
         )
 
     def _estimate(self, to: str | None, data: bytes) -> int:
-        tx = {"from": self.address, "data": _hex(data)}
+        tx = {"from": self.address, "data": to_hex(data)}
         if to is not None:
             tx["to"] = to
         try:
             est = int(self.w3.eth.estimate_gas(tx))
-        except _revert_errors() as exc:
-            raise WouldRevert(_explain_revert(exc)[0]) from exc
+        except revert_errors() as exc:
+            raise WouldRevert(explain_revert(exc)[0]) from exc
         return est * GAS_ESTIMATE_MARGIN[0] // GAS_ESTIMATE_MARGIN[1]
 
     @staticmethod
@@ -606,7 +351,7 @@ class EvmRail:
 
     def transfer_data(self, to: str, amount_micro: int) -> bytes:
         """Calldata of ``transfer(to, amount)``."""
-        return SEL_TRANSFER + _addr_word(to) + _word(self._check_amount(amount_micro))
+        return SEL_TRANSFER + address_word(to) + word(self._check_amount(amount_micro))
 
     def batch_data(self, recipients: Sequence[str], amounts: Sequence[int]) -> bytes:
         """Calldata of ``disperseToken(token, recipients, amounts)``."""
@@ -614,10 +359,10 @@ class EvmRail:
         if n == 0 or n != len(amounts):
             raise ValueError("a batch needs as many amounts as recipients, at least one")
         token = self._require_token()
-        head = _addr_word(token) + _word(0x60) + _word(0x60 + 32 * (n + 1))
-        addrs = b"".join(_addr_word(r) for r in recipients)
-        values = b"".join(_word(self._check_amount(a)) for a in amounts)
-        return SEL_DISPERSE + head + _word(n) + addrs + _word(n) + values
+        head = address_word(token) + word(0x60) + word(0x60 + 32 * (n + 1))
+        addrs = b"".join(address_word(r) for r in recipients)
+        values = b"".join(word(self._check_amount(a)) for a in amounts)
+        return SEL_DISPERSE + head + word(n) + addrs + word(n) + values
 
     def sign_transfer(
         self, to: str, amount_micro: int, nonce: int | None = None, *, gas_limit: int | None = None
@@ -658,8 +403,8 @@ class EvmRail:
             data = self.batch_data(recipients, amounts)
             try:
                 self._call(self._require_disperse(), data, sender=self.address)
-            except _revert_errors() as exc:
-                reason, index = _explain_revert(exc)
+            except revert_errors() as exc:
+                reason, index = explain_revert(exc)
                 return Simulation(False, reason, index)
         return Simulation(True)
 
@@ -668,8 +413,8 @@ class EvmRail:
             data = self.transfer_data(to, amount_micro)
             try:
                 self._call(self._require_token(), data, sender=self.address)
-            except _revert_errors() as exc:
-                return Simulation(False, _explain_revert(exc)[0])
+            except revert_errors() as exc:
+                return Simulation(False, explain_revert(exc)[0])
         return Simulation(True)
 
     # ---------------------------------------------------------------- broadcasting
@@ -682,10 +427,10 @@ class EvmRail:
         from eth_utils import keccak
 
         raw = bytes.fromhex(raw_hex.removeprefix("0x"))
-        tx_hash = _hex(keccak(raw))
+        tx_hash = to_hex(keccak(raw))
         with self._lock:
             try:
-                return _hex(bytes(self.w3.eth.send_raw_transaction(raw)))
+                return to_hex(bytes(self.w3.eth.send_raw_transaction(raw)))
             except Exception as exc:  # node-specific errors: decide by what the chain knows
                 # Count first, then look the hash up: a transaction mined in between is found.
                 mined = int(self.w3.eth.get_transaction_count(self.address, "latest"))
@@ -711,8 +456,7 @@ class EvmRail:
     def _fetch_receipt(self, tx_hash: str) -> Receipt | None:
         """The decoded receipt, or None when the transaction is not mined (yet)."""
         if self._tester is not None:
-            # In process: eth-tester's own API, without web3's per-field result formatting
-            # (a third of the time of reading a 500-transfer receipt).
+            # In process: eth-tester's own API, without web3's per-field result formatting.
             from eth_tester.exceptions import TransactionNotFound as TesterNotFound
 
             try:
@@ -742,14 +486,14 @@ class EvmRail:
         logs = [
             (
                 log["address"],
-                [_hex(bytes(t)) for t in log["topics"]],
-                _hex(bytes(log["data"])),
+                [to_hex(bytes(t)) for t in log["topics"]],
+                to_hex(bytes(log["data"])),
                 log["logIndex"],
             )
             for log in raw["logs"]
         ]
         return self._decode_receipt(
-            _hex(bytes(raw["transactionHash"])),
+            to_hex(bytes(raw["transactionHash"])),
             raw["status"],
             raw["blockNumber"],
             raw["gasUsed"],
@@ -848,33 +592,8 @@ class EvmRail:
             return [(False, f"transaction {tx_hash} not found on chain")] * len(expected)
         if not receipt.ok:
             return [(False, f"transaction {tx_hash} reverted")] * len(expected)
-        wallet = self.address.lower()
-        unmatched = Counter((t.to, t.value) for t in receipt.transfers if t.sender == wallet)
-        by_recipient: dict[str, list[int]] = {}
-        for t in receipt.transfers:
-            if t.sender == wallet:
-                by_recipient.setdefault(t.to, []).append(t.value)
-        others = {t.to for t in receipt.transfers if t.sender != wallet}
-        results = []
-        for to, amount in expected:
-            key = (_address(to).lower(), amount)
-            if unmatched[key] > 0:
-                unmatched[key] -= 1
-                results.append((True, "ok"))
-            elif key[0] in by_recipient:
-                chain = ", ".join(str(v) for v in by_recipient[key[0]])
-                results.append(
-                    (
-                        False,
-                        f"amount differs: the chain sent {chain} micro-USDT to {to}, "
-                        f"{amount} recorded",
-                    )
-                )
-            elif key[0] in others:
-                results.append((False, f"the transfer to {to} is not from the payout wallet"))
-            else:
-                results.append((False, f"no transfer of the token to {to} in {tx_hash}"))
-        return results
+        return match_transfers(receipt, self.address,
+                               [(check_address(to), amount) for to, amount in expected], tx_hash)
 
     def verify_transfer(self, tx_hash: str, to: str, amount_micro: int) -> tuple[bool, str]:
         """(ok, reason): the transaction succeeded and carries a Transfer of the token from the
@@ -894,7 +613,7 @@ class EvmRail:
             token, disperse = self._require_token(), self._require_disperse()
             steps = ([0] if current else []) + [MAX_UINT256]
             for value in steps:
-                data = SEL_APPROVE + _addr_word(disperse) + _word(value)
+                data = SEL_APPROVE + address_word(disperse) + word(value)
                 signed = self._sign(token, data, None, GAS_APPROVE, 0)
                 receipt = self.send_and_wait(signed)
                 if not receipt.ok:
@@ -972,8 +691,8 @@ class EvmRail:
     def mint(self, to: str, amount_micro: int) -> None:
         """Mint test USDT (the issuer owns the token)."""
         with self._lock:
-            data = SEL_MINT + _addr_word(to) + _word(amount_micro)
-            self._issuer_tx({"to": self._require_token(), "data": _hex(data)})
+            data = SEL_MINT + address_word(to) + word(amount_micro)
+            self._issuer_tx({"to": self._require_token(), "data": to_hex(data)})
 
     def fund_gas(self, to: str, wei: int) -> None:
         from web3 import Web3
@@ -984,8 +703,8 @@ class EvmRail:
     def blacklist(self, address: str) -> None:
         """Freeze ``address`` on the test token: transfers to or from it revert."""
         with self._lock:
-            data = SEL_ADD_BLACKLIST + _addr_word(address)
-            self._issuer_tx({"to": self._require_token(), "data": _hex(data)})
+            data = SEL_ADD_BLACKLIST + address_word(address)
+            self._issuer_tx({"to": self._require_token(), "data": to_hex(data)})
 
     def set_auto_mine(self, on: bool) -> None:
         """In-process chain: mine each transaction at once (default) or leave it pending until
@@ -1075,3 +794,22 @@ def forget_rails() -> None:
     """Drop the cached rails (tests): the next ``get_rail`` starts a new in-process chain."""
     with _RAILS_LOCK:
         _RAILS.clear()
+
+
+def default_rail() -> EvmRail:
+    """The process's EVM rail from the settings (``RESTITUTION_EVM_*``; the in-process chain
+    by default)."""
+    from claims.settings import get_settings
+
+    return rail_from_settings(get_settings())
+
+
+__all__ = [
+    "MAX_UINT256", "SEL_ADD_BLACKLIST", "SEL_ALLOWANCE", "SEL_APPROVE", "SEL_BALANCE_OF",
+    "SEL_DISPERSE", "SEL_MINT", "SEL_TRANSFER", "TRANSFER_TOPIC", "BatchOutcome",
+    "BroadcastError", "ChainIdentity", "ChainMismatch", "EvmRail", "InProcessOnly",
+    "NonceConsumed", "RailConfigError", "RailError", "Receipt", "SignedTx", "Simulation",
+    "TokenTransfer", "WouldRevert", "address_word", "default_rail", "forget_rails", "get_rail",
+    "load_artifacts", "match_transfers", "pay_with_bisect", "rail_from_settings",
+    "raw_tx_nonce", "revert_errors", "split_evenly", "word",
+]

@@ -1,13 +1,13 @@
 """The database-backed EVM executor: pays a round's pending EVM payouts exactly once.
 
-:class:`EvmExecutor` drives :mod:`claims.rails.evm` for one round and records every step
+:class:`EvmExecutor` drives :mod:`claims.payouts.rails.evm` for one round and records every step
 before taking the next one, so a crash anywhere leaves a state that :meth:`EvmExecutor.resume`
 finishes without paying anyone twice:
 
 1. **select** — one transaction takes up to ``batch_size`` pending EVM payouts of the round
    (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two workers never take the same
    payouts; SQLite's write transaction is exclusive anyway), re-reads each claim and holds the
-   payouts whose claim is not payable now (:func:`claims.payouts.classify`);
+   payouts whose claim is not payable now (:func:`claims.payouts.records.classify`);
 2. **sign + commit** — in that same transaction (and under a per-wallet advisory lock on
    PostgreSQL, so nonces are handed out one at a time): ``nonce = rail.next_nonce(at_least=
    highest nonce on record for this wallet and chain + 1)``, one Disperse batch (or one
@@ -42,34 +42,35 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, text, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlmodel import Session
 
 from claims import audit
 from claims.audit import Actor
-from claims.db import is_sqlite, session_scope
+from claims.db import for_update, session_scope
 from claims.errors import PayoutError
 from claims.models import ChainTx, DistributionRound, Payout, PayoutState, RoundStatus, utcnow
-from claims.payouts import (
-    RAIL_EVM,
+from claims.payouts import sql
+from claims.payouts.common import BATCH_SIZE, IN_FLIGHT, RAIL_EVM
+from claims.payouts.rails.evm_batch import (
+    BroadcastError,
+    NonceConsumed,
+    Receipt,
+    SignedTx,
+    match_transfers,
+    pay_with_bisect,
+)
+from claims.payouts.reconciliation import record_mismatch
+from claims.payouts.records import (
     Candidate,
     classify,
     close_attempts,
     hold_many,
     notify_outcomes,
     open_attempts,
-    record_mismatch,
-)
-from claims.rails.evm import (
-    BroadcastError,
-    NonceConsumed,
-    Receipt,
-    SignedTx,
-    pay_with_bisect,
 )
 
 P = PayoutState
@@ -89,7 +90,7 @@ def _lock_key(chain_id: int, sender: str) -> int:
 class EvmExecutor:
     """Pays one round's EVM payouts through ``rail`` (see the module docstring)."""
 
-    def __init__(self, engine: Engine, round_id: int, rail: Any, *, batch_size: int = 200,
+    def __init__(self, engine: Engine, round_id: int, rail: Any, *, batch_size: int = BATCH_SIZE,
                  on_step: Callable[[str, dict], None] | None = None,
                  actor: Actor | None = None) -> None:
         self.engine = engine
@@ -102,7 +103,6 @@ class EvmExecutor:
         self.chain_id, self.genesis = ident.chain_id, ident.genesis_hash
         self.sender = rail.address
         self.lock_key = _lock_key(self.chain_id, self.sender)
-        self.pg = not is_sqlite(engine)
         self._open: Session | None = None  # the selection's transaction signs the first chunk
         self._signed: dict[str, tuple[int, list[Candidate]]] = {}
         self._counts: dict[str, int] = {}
@@ -117,8 +117,8 @@ class EvmExecutor:
         self._counts[key] = self._counts.get(key, 0) + n
 
     def _advisory_lock(self, session: Session) -> None:
-        if self.pg:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.lock_key})
+        """Nonces of this wallet are handed out one transaction at a time."""
+        sql.advisory_xact_lock(session, self.lock_key)
 
     def _wallet_txs(self):
         return (ChainTx.chain_id == self.chain_id, ChainTx.genesis_hash == self.genesis,
@@ -160,9 +160,7 @@ class EvmExecutor:
                        Payout.state == P.pending.value)
                 .order_by(Payout.id).limit(self.batch_size)
             )
-            if self.pg:
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = session.execute(stmt).all()
+            rows = session.execute(for_update(stmt, session, skip_locked=True)).all()
             if not rows:
                 session.commit()
                 return None
@@ -216,6 +214,8 @@ class EvmExecutor:
         return None if sim.ok else sim.reason
 
     def _sign(self, chunk: list[Candidate]) -> SignedTx:
+        """Sign one transaction for the chunk and commit it with its payouts → ``signed``
+        before anything is sent (the selection's transaction signs the first chunk)."""
         session, self._open = self._open, None
         fresh_session = session is None
         if session is None:
@@ -232,51 +232,7 @@ class EvmExecutor:
             else:
                 signed = self.rail.sign_batch([c.address.lower() for c in chunk],
                                               [c.amount for c in chunk], nonce)
-            now = utcnow()
-            ctx = ChainTx(round_id=self.round_id, chain_id=self.chain_id,
-                          genesis_hash=self.genesis, sender=self.sender, nonce=signed.nonce,
-                          tx_hash=signed.tx_hash, raw_tx=signed.raw_hex,
-                          kind="transfer" if len(chunk) == 1 else "batch", state="signed",
-                          created_at=now, updated_at=now)
-            session.add(ctx)
-            session.flush()
-            table = Payout.__table__
-            values = dict(state=P.signed.value, address=bindparam("b_addr"),
-                          chain_tx_id=ctx.id, chain_id=self.chain_id,
-                          genesis_hash=self.genesis, attempt=bindparam("b_attempt"),
-                          updated_at=now)
-            fresh = [c for c in chunk if c.chain_tx_id is None]
-            split = [c for c in chunk if c.chain_tx_id is not None]
-            moved = 0
-            if fresh:
-                moved += session.connection().execute(
-                    update(table).where(table.c.id == bindparam("b_id"),
-                                        table.c.state == P.pending.value,
-                                        table.c.attempt == bindparam("b_old"))
-                    .values(**values),
-                    [{"b_id": c.payout_id, "b_addr": c.address, "b_attempt": c.attempt,
-                      "b_old": c.attempt} for c in fresh],
-                ).rowcount
-            if split:
-                moved += session.connection().execute(
-                    update(table).where(table.c.id == bindparam("b_id"),
-                                        table.c.state == P.broadcast.value,
-                                        table.c.chain_tx_id == bindparam("b_prev"))
-                    .values(**values),
-                    [{"b_id": c.payout_id, "b_addr": c.address, "b_attempt": c.attempt + 1,
-                      "b_prev": c.chain_tx_id} for c in split],
-                ).rowcount
-            if moved != len(chunk):
-                raise PayoutError(f"{len(chunk) - moved} payout(s) of round {self.round_id} "
-                                  "changed while being signed; nothing was sent")
-            attempts = {c.payout_id: c.attempt + (1 if c.chain_tx_id is not None else 0)
-                        for c in chunk}
-            open_attempts(session, [(c.payout_id, attempts[c.payout_id], ctx.id, c.address)
-                                    for c in chunk])
-            audit.record(session, self.actor, "payouts.signed", "chain_tx", ctx.id, after={
-                "round": self.round_id, "tx_hash": signed.tx_hash, "nonce": signed.nonce,
-                "chain_id": self.chain_id, "payouts": [c.payout_id for c in chunk],
-                "amount": sum(c.amount for c in chunk)})
+            ctx_id, attempts = self._record_signed(session, chunk, signed)
             session.commit()
         except BaseException:
             session.rollback()
@@ -287,12 +243,64 @@ class EvmExecutor:
             session.close()
         for c in chunk:
             c.attempt = attempts[c.payout_id]
-            c.chain_tx_id = ctx.id
-        self._signed[signed.tx_hash] = (ctx.id, list(chunk))
+            c.chain_tx_id = ctx_id
+        self._signed[signed.tx_hash] = (ctx_id, list(chunk))
         self._count("transactions")
-        self._step("after_sign", chain_tx=ctx.id, tx_hash=signed.tx_hash, nonce=signed.nonce,
+        self._step("after_sign", chain_tx=ctx_id, tx_hash=signed.tx_hash, nonce=signed.nonce,
                    payouts=len(chunk))
         return signed
+
+    def _record_signed(self, session: Session, chunk: list[Candidate],
+                       signed: SignedTx) -> tuple[int, dict[int, int]]:
+        """The :class:`~claims.models.ChainTx`, its payouts → ``signed`` (a split half as a
+        new attempt), their attempt rows and the audit event, in the caller's transaction.
+        Returns the transaction's id and each payout's attempt."""
+        now = utcnow()
+        ctx = ChainTx(round_id=self.round_id, chain_id=self.chain_id,
+                      genesis_hash=self.genesis, sender=self.sender, nonce=signed.nonce,
+                      tx_hash=signed.tx_hash, raw_tx=signed.raw_hex,
+                      kind="transfer" if len(chunk) == 1 else "batch", state="signed",
+                      created_at=now, updated_at=now)
+        session.add(ctx)
+        session.flush()
+        table = Payout.__table__
+        values = dict(state=P.signed.value, address=bindparam("b_addr"),
+                      chain_tx_id=ctx.id, chain_id=self.chain_id,
+                      genesis_hash=self.genesis, attempt=bindparam("b_attempt"),
+                      updated_at=now)
+        fresh = [c for c in chunk if c.chain_tx_id is None]
+        split = [c for c in chunk if c.chain_tx_id is not None]
+        moved = 0
+        if fresh:
+            moved += session.connection().execute(
+                update(table).where(table.c.id == bindparam("b_id"),
+                                    table.c.state == P.pending.value,
+                                    table.c.attempt == bindparam("b_old"))
+                .values(**values),
+                [{"b_id": c.payout_id, "b_addr": c.address, "b_attempt": c.attempt,
+                  "b_old": c.attempt} for c in fresh],
+            ).rowcount
+        if split:
+            moved += session.connection().execute(
+                update(table).where(table.c.id == bindparam("b_id"),
+                                    table.c.state == P.broadcast.value,
+                                    table.c.chain_tx_id == bindparam("b_prev"))
+                .values(**values),
+                [{"b_id": c.payout_id, "b_addr": c.address, "b_attempt": c.attempt + 1,
+                  "b_prev": c.chain_tx_id} for c in split],
+            ).rowcount
+        if moved != len(chunk):
+            raise PayoutError(f"{len(chunk) - moved} payout(s) of round {self.round_id} "
+                              "changed while being signed; nothing was sent")
+        attempts = {c.payout_id: c.attempt + (1 if c.chain_tx_id is not None else 0)
+                    for c in chunk}
+        open_attempts(session, [(c.payout_id, attempts[c.payout_id], ctx.id, c.address)
+                                for c in chunk])
+        audit.record(session, self.actor, "payouts.signed", "chain_tx", ctx.id, after={
+            "round": self.round_id, "tx_hash": signed.tx_hash, "nonce": signed.nonce,
+            "chain_id": self.chain_id, "payouts": [c.payout_id for c in chunk],
+            "amount": sum(c.amount for c in chunk)})
+        return ctx.id, attempts
 
     def _broadcast_and_wait(self, signed: SignedTx) -> Receipt:
         ctx_id, chunk = self._signed[signed.tx_hash]
@@ -354,26 +362,23 @@ class EvmExecutor:
     def _linked(self, s: Session, ctx_id: int) -> list[tuple]:
         stmt = (select(Payout.id, Payout.claim_id, Payout.amount, Payout.attempt, Payout.address,
                        Payout.network, Payout.state)
-                .where(Payout.chain_tx_id == ctx_id,
-                       Payout.state.in_((P.signed.value, P.broadcast.value)))
+                .where(Payout.chain_tx_id == ctx_id, Payout.state.in_(IN_FLIGHT))
                 .order_by(Payout.id))
-        if self.pg:
-            stmt = stmt.with_for_update()
-        return s.execute(stmt).all()
+        return s.execute(for_update(stmt, s)).all()
 
     def _mark(self, ctx_id: int, tx_hash: str, receipt: Receipt) -> None:
         """Record a mined transaction's outcome for its payouts (one transaction)."""
         with session_scope(self.engine, write=False) as s:
             linked_preview = s.execute(
                 select(Payout.id, Payout.address, Payout.amount)
-                .where(Payout.chain_tx_id == ctx_id,
-                       Payout.state.in_((P.signed.value, P.broadcast.value)))
+                .where(Payout.chain_tx_id == ctx_id, Payout.state.in_(IN_FLIGHT))
                 .order_by(Payout.id)
             ).all()
         n_linked = len(linked_preview)
         checks = {}
         if receipt.ok and linked_preview:
-            results = self._check_transfers(receipt, [(r[1], r[2]) for r in linked_preview])
+            results = match_transfers(receipt, self.sender,
+                                      [(r[1], r[2]) for r in linked_preview])
             checks = {r[0]: res for r, res in zip(linked_preview, results, strict=True)}
         revert_reason = None
         if not receipt.ok and n_linked == 1:
@@ -408,32 +413,6 @@ class EvmExecutor:
                     "payouts": [r[0] for r in rows]})
             self._step("before_mark", chain_tx=ctx_id, tx_hash=tx_hash, ok=receipt.ok)
 
-    def _check_transfers(self, receipt: Receipt,
-                         expected: Sequence[tuple[str, int]]) -> list[tuple[bool, str]]:
-        """Each expected (recipient, amount) against the receipt's ``Transfer`` events of the
-        token from the payout wallet (the receipt just read; the same rule as
-        ``rail.verify_transfers``, which reconciliation uses to read the chain again). An
-        event matches at most one payout."""
-        wallet = self.sender.lower()
-        unmatched = Counter((t.to, t.value) for t in receipt.transfers if t.sender == wallet)
-        sent: dict[str, list[int]] = {}
-        for t in receipt.transfers:
-            if t.sender == wallet:
-                sent.setdefault(t.to, []).append(t.value)
-        out = []
-        for to, amount in expected:
-            key = (to.lower(), amount)
-            if unmatched[key] > 0:
-                unmatched[key] -= 1
-                out.append((True, "ok"))
-            elif key[0] in sent:
-                out.append((False, f"amount differs: the chain sent "
-                                   f"{', '.join(map(str, sent[key[0]]))} micro-USDT to {to}, "
-                                   f"{amount} recorded"))
-            else:
-                out.append((False, f"no transfer of the token to {to} in {receipt.tx_hash}"))
-        return out
-
     def _mark_mined(self, s: Session, ctx_id: int, tx_hash: str, receipt: Receipt,
                     rows: Sequence[tuple], checks: dict, now) -> None:
         shares = receipt.per_payout(len(rows)) if rows else []
@@ -453,8 +432,8 @@ class EvmExecutor:
                 [{"b_id": r[0], "b_gas": g, "b_fee": f} for r, (g, f), _ in good],
             )
             close_attempts(s, [(r[0], r[3], "confirmed", None) for r, _, _ in good])
-            audit.record_many(s, self.actor, [
-                ("payout.confirmed", "payout", r[0], {"state": r[6]},
+            audit.record_batch(s, [
+                (self.actor, "payout.confirmed", "payout", r[0], {"state": r[6]},
                  {"state": P.confirmed.value, "tx_id": tx_hash, "address": r[4],
                   "amount": r[2], "gas_used": g, "fee_wei": f})
                 for r, (g, f), _ in good
@@ -483,8 +462,8 @@ class EvmExecutor:
         if res.rowcount != len(rows):
             raise PayoutError("payouts changed while being marked failed; run again")
         close_attempts(s, [(pid, attempt, "failed", why) for pid, _, _, attempt, why in rows])
-        audit.record_many(s, self.actor, [
-            ("payout.failed", "payout", pid, {"state": from_state},
+        audit.record_batch(s, [
+            (self.actor, "payout.failed", "payout", pid, {"state": from_state},
              {"state": P.failed.value, "reason": why}) for pid, _, _, _, why in rows
         ])
         notify_outcomes(s, [], [(claim_id, amount) for _, claim_id, amount, _, _ in rows])
@@ -552,7 +531,7 @@ class EvmExecutor:
                            Payout.attempt, Payout.network, Payout.address)
                     .where(Payout.round_id == self.round_id,
                            Payout.chain_tx_id.in_([t[0] for t in txs]),
-                           Payout.state.in_((P.signed.value, P.broadcast.value)))
+                           Payout.state.in_(IN_FLIGHT))
                     .order_by(Payout.id)
                 ):
                     linked.setdefault(row[0], []).append(row)
