@@ -3,17 +3,22 @@
 and the SQLite write gate (:mod:`claims.db.gate`)."""
 
 from claims.db.bulk import (
+    advisory_xact_lock,
     bind_processor,
     bind_repeats,
     bind_value,
     bulk_cache,
     bulk_insert,
     driver_sql,
+    fetch_all,
     for_update,
     in_values,
     is_sqlite,
     lock_clause,
+    markers,
     next_ids,
+    run,
+    unindexed,
     update_rows,
 )
 from claims.db.engine import (
@@ -34,6 +39,7 @@ from claims.db.schema import (
 )
 
 __all__ = [
+    "advisory_xact_lock", "fetch_all", "markers", "run", "unindexed",
     "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "WriteGate", "alembic_config",
     "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
     "current_revision", "dispose_engines", "drain_gate", "driver_sql", "ensure_schema", "for_update",

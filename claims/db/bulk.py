@@ -13,6 +13,8 @@ Rule modules say *what* to write; this module knows *how* each database takes it
 - :func:`for_update` — ``SELECT … FOR UPDATE`` where it means something (not on SQLite, whose
   IMMEDIATE write transaction already holds the database's write lock).
 - :func:`in_values` — ``column IN (…)`` for a long list.
+- :func:`run`, :func:`fetch_all`, :func:`markers`, :func:`unindexed` — hand-written SQL for
+  hot paths (``?`` markers, in the driver's style), and :func:`advisory_xact_lock`.
 - :func:`bulk_cache` — a larger SQLite page cache for one big write.
 """
 
@@ -172,6 +174,39 @@ def update_rows(session, table, *, keys: Sequence[str], columns: Sequence[str],
            f"FROM (SELECT {cols} FROM json_each(?)) AS u WHERE {where}")
     return conn.exec_driver_sql(
         sql, (*extra, json.dumps(rows, separators=(",", ":")))).rowcount
+
+
+def markers(n: int) -> str:
+    """``?, ?, …`` (``n`` markers) for an ``IN (…)`` list of a :func:`run` statement."""
+    return ", ".join(["?"] * n)
+
+
+def run(session, sql: str, params: Any = ()) -> Any:
+    """Run ``sql`` (written with ``?`` markers) in the session's transaction as the driver
+    takes it, with no statement compilation or type processing: a tuple of parameters runs
+    it once, a list of tuples runs it for each (``executemany``). Pending ORM changes are
+    flushed first, as ``session.execute`` would."""
+    session.flush()
+    return session.connection().exec_driver_sql(driver_sql(session, sql), params)
+
+
+def fetch_all(session, sql: str, params: Any = ()) -> list:
+    """The rows of a :func:`run` ``SELECT``, fetched at once."""
+    return run(session, sql, params).fetchall()
+
+
+def unindexed(session, column: str) -> str:
+    """``column`` in a condition that must not pick SQLite's index: ``+column`` on SQLite
+    (its planner, without statistics, may prefer a broad index, e.g. a round's, over the ids
+    of an ``id IN (…)`` list), ``column`` elsewhere."""
+    return f"+{column}" if is_sqlite(session) else column
+
+
+def advisory_xact_lock(session, key: int) -> None:
+    """Hold the transaction-level advisory lock ``key`` until the transaction ends
+    (PostgreSQL); nothing on SQLite, whose write transaction holds the database's lock."""
+    if not is_sqlite(session):
+        session.connection().exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s)", {"k": key})
 
 
 def in_values(session, column, values: Sequence):

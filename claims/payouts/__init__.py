@@ -36,7 +36,6 @@ The package
 - :mod:`~claims.payouts.reconciliation` — reconcile, mismatches, stop and restart, settle;
 - :mod:`~claims.payouts.views` — totals, listings and the wallet for finance;
 - :mod:`~claims.payouts.rails` — the EVM rail and its executor, the custodian rail;
-- :mod:`~claims.payouts.sql` — the hand-written bulk SQL the hot paths share.
 
 This ``__init__`` re-exports the public names (``from claims import payouts;
 payouts.release_round(...)``).

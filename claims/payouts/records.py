@@ -20,7 +20,7 @@ from claims.db import bind_value, update_rows
 from claims.errors import PayoutError
 from claims.lifecycle import PAYABLE
 from claims.models import BlockedAddress, Payout, PayoutAttempt, PayoutState, utcnow
-from claims.payouts import sql
+from claims import db
 from claims.payouts.common import BLOCKING_FLAGS, chunked
 
 P = PayoutState
@@ -93,14 +93,14 @@ def _claims_and_flags(
     flags: dict[int, set[str]] = {}
     for chunk in chunked(claim_ids):
         chunk = tuple(chunk)
-        marks = sql.marks(len(chunk))
-        for c in sql.rows(session, "SELECT id, status, payout_network, payout_address, "
+        marks = db.markers(len(chunk))
+        for c in db.fetch_all(session, "SELECT id, status, payout_network, payout_address, "
                           f"reference FROM claim WHERE id IN ({marks})", chunk):
             claims[c[0]] = c
-        for cid, code in sql.rows(
+        for cid, code in db.fetch_all(
             session, f"SELECT claim_id, code FROM flag WHERE claim_id IN ({marks}) AND "
-            f"resolved_at IS NULL AND {sql.unindexed(session, 'code')} "
-            f"IN ({sql.marks(len(BLOCKING_FLAGS))})",
+            f"resolved_at IS NULL AND {db.unindexed(session, 'code')} "
+            f"IN ({db.markers(len(BLOCKING_FLAGS))})",
             chunk + BLOCKING_FLAGS,
         ):
             flags.setdefault(cid, set()).add(code)
@@ -119,9 +119,9 @@ def _blocked_keys(session: Session, claims: dict[int, tuple]) -> tuple[dict[int,
             keys[cid] = None
     blocked: set[str] = set()
     for chunk in chunked(sorted({k for k in keys.values() if k})):
-        blocked.update(r[0] for r in sql.rows(
+        blocked.update(r[0] for r in db.fetch_all(
             session, f"SELECT address_key FROM {BlockedAddress.__tablename__} "
-            f"WHERE address_key IN ({sql.marks(len(chunk))})", tuple(chunk)))
+            f"WHERE address_key IN ({db.markers(len(chunk))})", tuple(chunk)))
     return keys, blocked
 
 
@@ -160,14 +160,14 @@ def open_attempts(
         return
     existing = set()
     for chunk in chunked(sorted({r[0] for r in rows})):
-        existing.update((p, a) for p, a in sql.rows(
+        existing.update((p, a) for p, a in db.fetch_all(
             session, "SELECT payout_id, attempt FROM payout_attempt "
-            f"WHERE payout_id IN ({sql.marks(len(chunk))})", tuple(chunk)))
+            f"WHERE payout_id IN ({db.markers(len(chunk))})", tuple(chunk)))
     now = bind_value(session, PayoutAttempt.__table__.c.created_at, utcnow())
     new = [(p, a, c, addr, now) for p, a, c, addr in rows if (p, a) not in existing]
     old = [(p, a, c, addr) for p, a, c, addr in rows if (p, a) in existing]
     if new:
-        sql.insert(session, PayoutAttempt.__table__, _ATTEMPT_COLUMNS, new)
+        db.bulk_insert(session, PayoutAttempt.__table__, _ATTEMPT_COLUMNS, new)
     if old:
         update_rows(session, PayoutAttempt.__table__, keys=("payout_id", "attempt"),
                     columns=("chain_tx_id", "address"), rows=old)
@@ -208,9 +208,9 @@ def notify_outcomes(
     ids = sorted({p[0] for p in paid} | {f[0] for f in failed})
     to: dict[int, tuple[outbox.Recipient, str]] = {}  # claim id → (recipient, name)
     for chunk in chunked(ids):
-        for cid, reference, language, email, name in sql.rows(
+        for cid, reference, language, email, name in db.fetch_all(
             session, "SELECT id, reference, language, email, full_name FROM claim "
-            f"WHERE id IN ({sql.marks(len(chunk))})", tuple(chunk),
+            f"WHERE id IN ({db.markers(len(chunk))})", tuple(chunk),
         ):
             to[cid] = (outbox.Recipient(cid, reference, language, email), name)
     notices = []

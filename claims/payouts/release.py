@@ -52,7 +52,7 @@ from claims.models import (
     utcnow,
 )
 from claims.money import format_amount
-from claims.payouts import sql
+from claims import db
 from claims.payouts.common import (
     ACTIVE,
     chunked,
@@ -200,7 +200,7 @@ def _insert_payouts(session: Session, plan: ReleasePlan, release_id: str, now) -
     now_db = bind_value(session, Payout.__table__.c.created_at, now)
     rid, pending = plan.round_id, P.pending.value
     for part in chunked(plan.allocations):
-        sql.insert(session, Payout.__table__, _PAYOUT_COLUMNS, [
+        db.bulk_insert(session, Payout.__table__, _PAYOUT_COLUMNS, [
             (rid, claim_id, alloc_id, payout_key(rid, claim_id), amount, rail_for(network),
              network, pending, 1, release_id, now_db, now_db)
             for alloc_id, claim_id, amount, network in part

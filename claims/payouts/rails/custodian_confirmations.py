@@ -32,7 +32,7 @@ from claims.errors import InvalidInput
 from claims.gc_pause import gc_paused
 from claims.models import CustodianConfirmation, Payout, PayoutState, utcnow
 from claims.money import AmountError, format_amount, parse_amount
-from claims.payouts import sql
+from claims import db
 from claims.payouts.common import RAIL_CUSTODIAN, chunked, require_finance
 from claims.payouts.reconciliation import maybe_settle, record_mismatch
 from claims.payouts.records import close_attempts, notify_outcomes
@@ -271,15 +271,15 @@ def _recorded(session: Session, rid: int,
     payouts: dict[int, tuple] = {}
     recorded: dict[int, set[tuple[str, int, str]]] = {}
     lock = " FOR UPDATE" if lock_clause(session) else ""
-    round_col = sql.unindexed(session, "round_id")  # by id, not by scanning the round
+    round_col = db.unindexed(session, "round_id")  # by id, not by scanning the round
     for chunk in chunked(ids):
         chunk = tuple(chunk)
-        marks = sql.marks(len(chunk))
-        for p in sql.rows(session, "SELECT id, rail, amount, state, tx_id, attempt, claim_id, "
+        marks = db.markers(len(chunk))
+        for p in db.fetch_all(session, "SELECT id, rail, amount, state, tx_id, attempt, claim_id, "
                           f"network FROM payout WHERE id IN ({marks}) AND {round_col} = ?{lock}",
                           (*chunk, rid)):
             payouts[p[0]] = tuple(p)
-        for pid, tx, amount, status in sql.rows(
+        for pid, tx, amount, status in db.fetch_all(
             session, "SELECT payout_id, tx_id, amount, status FROM custodian_confirmation "
             f"WHERE payout_id IN ({marks})", chunk,
         ):

@@ -53,7 +53,7 @@ from claims.audit import Actor
 from claims.db import for_update, session_scope
 from claims.errors import PayoutError
 from claims.models import ChainTx, DistributionRound, Payout, PayoutState, RoundStatus, utcnow
-from claims.payouts import sql
+from claims import db
 from claims.payouts.common import BATCH_SIZE, IN_FLIGHT, RAIL_EVM
 from claims.payouts.rails.evm_batch import (
     BroadcastError,
@@ -118,7 +118,7 @@ class EvmExecutor:
 
     def _advisory_lock(self, session: Session) -> None:
         """Nonces of this wallet are handed out one transaction at a time."""
-        sql.advisory_xact_lock(session, self.lock_key)
+        db.advisory_xact_lock(session, self.lock_key)
 
     def _wallet_txs(self):
         return (ChainTx.chain_id == self.chain_id, ChainTx.genesis_hash == self.genesis,
