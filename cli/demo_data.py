@@ -23,6 +23,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from claims.money import format_amount, net_loss
 from claims.validators import make_eth_address, make_iin, make_tron_address
 
 FIRST = {
@@ -61,7 +62,7 @@ class Victim:
 
     @property
     def net_loss(self) -> int:
-        return max(0, self.invested - self.withdrawn)
+        return net_loss(self.invested, self.withdrawn)
 
     def filing(self, case_code: str) -> dict:
         """The claim as the victim files it (after any mistake is corrected)."""
@@ -73,7 +74,7 @@ class Victim:
             "email": self.email,
             "phone": self.phone,
             "language": self.language,
-            "claimed_amount": _usdt(self.claimed),
+            "claimed_amount": format_amount(self.claimed),
             "payout_network": self.network,
             "payout_address": self.address,
             "consent": True,
@@ -98,11 +99,6 @@ class Victim:
         elif self.mistake == "amount":
             body["claimed_amount"] = body["claimed_amount"].split(".")[0] + ".1234567"
         return body
-
-
-def _usdt(micro: int) -> str:
-    whole, frac = divmod(micro, 1_000_000)
-    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 def _cents(rng: random.Random, median_usdt: float, sigma: float) -> int:
@@ -190,7 +186,7 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
             tx = _hex(rng, 32)
             if k == 0:
                 v.evidence = [tx] if rng.random() < 0.3 else []
-            w.writerow([v.account_id, "deposit", _usdt(amount), t.isoformat(), tx,
+            w.writerow([v.account_id, "deposit", format_amount(amount), t.isoformat(), tx,
                         v.address if k == 0 else "", v.email if k == 0 else "",
                         v.phone if k == 0 else "", v.iin if k == 0 else "",
                         "true" if v.insider and k == 0 else ""])
@@ -200,7 +196,7 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
             kind = "bonus" if rng.random() < 0.3 else "withdrawal"
             amount = left if left < 50_000_000 else rng.randint(left // 3, left)
             left -= amount
-            w.writerow([v.account_id, kind, _usdt(amount), t.isoformat(), _hex(rng, 32),
+            w.writerow([v.account_id, kind, format_amount(amount), t.isoformat(), _hex(rng, 32),
                         "", "", "", "", ""])
             t += dt.timedelta(days=rng.randint(1, 20))
     # A few victims the ledger does not know: they bring evidence hashes the seized records

@@ -79,7 +79,7 @@ from urllib.parse import quote, urlsplit
 from jinja2 import Environment, StrictUndefined, Template
 from markupsafe import Markup, escape
 
-from claims.money import AmountError, format_amount, format_rate, parse_amount
+from claims.money import AmountError, format_amount, parse_amount, rate_percent
 from notifications.i18n import LANGUAGES, TEMPLATES_DIR, make_env
 
 EMAIL_TEMPLATES_DIR = TEMPLATES_DIR / "email"
@@ -454,7 +454,7 @@ def _rate_percent(ctx: Mapping[str, Any]) -> str:
         raise RenderError("context value 'rate' is not a number") from None
     if not 0 <= fraction <= 1:
         raise RenderError("context value 'rate' must be between 0 and 1")
-    return format_rate(fraction * 100, 4)
+    return rate_percent(fraction)
 
 
 def _prepare(kind: str, lang: str, context: Mapping[str, Any], public_url: str) -> dict[str, Any]:
@@ -627,7 +627,7 @@ def _pack_html(html: str, limit: int = 900) -> str:
 
     The templates have one element per line for people; a line break and a space are the same
     whitespace to HTML (no ``<pre>`` in emails), so this changes nothing on screen but sends
-    several times fewer lines (SMTP servers read and check a message line by line)."""
+    far fewer lines (SMTP servers read and check a message line by line)."""
     lines = html.split("\n")
     out: list[str] = []
     size = limit + 1

@@ -250,7 +250,14 @@ def test_case_end_to_end_through_deployments_on_two_workers(pg_databases, tmp_pa
 
         with temporary_settings(updates={PREFECT_API_URL: api}):
             _wait_deployments(workers, logs[1:])
-            from flows.deployments import start
+            from prefect.deployments import run_deployment
+
+            from flows.deployments import DEPLOYMENT
+
+            def start(flow_name: str, parameters: dict, idempotency_key: str):
+                """A run of the deployment ``<flow name>/restitution``, not waited for."""
+                return run_deployment(f"{flow_name}/{DEPLOYMENT}", parameters=parameters,
+                                      timeout=0, idempotency_key=idempotency_key)
 
             # ---- verification of both cases at once (two runs, one per case)
             run_a = start("verify-claims", {"case_code": CODE}, idempotency_key=f"verify-{CODE}")
