@@ -171,13 +171,15 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         tokens, refused = _file_claims(http, demo)
         summary["claims_filed"] = len(tokens)
         summary["refused_then_corrected"] = refused
-        clock.stage(f"{len(tokens)} claims filed over HTTP ({refused} first refused, then corrected)")
+        clock.stage(f"{len(tokens)} claims filed over HTTP "
+                    f"({refused} first refused, then corrected)")
 
         warm.join()
         counts = _verify(demo.code)
         clock.stage(f"verification flow: {_short(counts)}")
 
-        staff = {role: _sign_in(http, demo, role) for role in ("caseworker", "caseworker2", "finance")}
+        staff = {role: _sign_in(http, demo, role)
+                 for role in ("caseworker", "caseworker2", "finance")}
         decided = _decide_flagged(http, demo, staff["caseworker"])
         clock.stage(f"caseworker decided {sum(decided.values())} flagged claims "
                     f"({decided['approve']} approved, {decided['reject']} rejected)")

@@ -169,7 +169,8 @@ def _direct_callables(translations: NullTranslations) -> dict[str, Any]:
     Same behaviour as the ones ``jinja2.ext.i18n`` installs with ``newstyle=True`` (``%(name)s``
     placeholders filled from keyword arguments, the translation trusted and the values escaped
     in autoescaped templates, ``num`` set for plurals) but one function call instead of three
-    ``Context.call`` indirections per string, which the emails' rendering time was mostly made of.
+    ``Context.call`` indirections per string (those indirections were most of an email's
+    rendering).
     """
     gettext = translations.gettext
     ngettext = translations.ngettext

@@ -18,10 +18,10 @@ Bodies are 7bit when ASCII, 8bit UTF-8 when every line fits in 998 bytes (as the
 library's default policy chooses; SMTP then announces ``BODY=8BITMIME`` and falls back to base64
 for a server without it), base64 otherwise.
 
-Speed: the standard library's email generator and parser cost milliseconds per message, so the
-message is composed here as bytes directly and the returned :class:`RenderedMessage` carries
-them; :mod:`notifications.transport` sends those bytes unless the message was changed after
-rendering (then the standard generator serializes it). The object is a complete
+Speed: the standard library's email generator and parser cost more than the rest of a
+message's work, so the message is composed here as bytes directly and the returned
+:class:`RenderedMessage` carries them; :mod:`notifications.transport` sends those bytes unless
+the message was changed after rendering (then the standard generator serializes it). The object is a complete
 ``EmailMessage``: headers, ``get_body()``, ``get_content()`` all work — its header list and parts
 are built the first time they are used (a message that is only sent never needs them). The
 templates are rendered once per (kind, language, which values are present) into a skeleton cut

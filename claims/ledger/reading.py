@@ -159,13 +159,17 @@ def staged_rows(
                 when = check_when(row[i_when])
                 tx = check_tx(cell) if i_tx is not None and (cell := row[i_tx]) else None
                 if i_wallet is not None:
-                    w = (wallets.get(cell) or check_wallet(cell)) if (cell := row[i_wallet]) else None
+                    w = (wallets.get(cell) or check_wallet(cell)) if (
+                        cell := row[i_wallet]) else None
                 if i_email is not None:
-                    email = (emails.get(cell) or check_email(cell)) if (cell := row[i_email]) else None
+                    email = (emails.get(cell) or check_email(cell)) if (
+                        cell := row[i_email]) else None
                 if i_phone is not None:
-                    phone = (phones.get(cell) or check_phone(cell)) if (cell := row[i_phone]) else None
+                    phone = (phones.get(cell) or check_phone(cell)) if (
+                        cell := row[i_phone]) else None
                 if i_iin is not None:
-                    iin_h = (iins.get(cell) or check_iin(cell)) if (cell := row[i_iin]) else None
+                    iin_h = (iins.get(cell) or check_iin(cell)) if (
+                        cell := row[i_iin]) else None
                 if i_ins is not None:
                     cell = row[i_ins]
                     ins = insider_map.get(cell)

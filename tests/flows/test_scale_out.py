@@ -7,7 +7,7 @@ intact.
 
 Needs PostgreSQL (``RESTITUTION_TEST_DATABASE_URL``, e.g.
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``): both our database and Prefect's are
-created fresh on that server and dropped afterwards. Takes 1–3 minutes.
+created fresh on that server and dropped afterwards. It runs for minutes.
 """
 
 from __future__ import annotations
