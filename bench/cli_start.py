@@ -93,6 +93,20 @@ def main() -> int:
     trees = {"now": env}
     if args.compare:
         trees = {"before": {**env, "PYTHONPATH": str(args.compare.resolve())}, "now": env}
+    try:
+        best = measure(trees, env, tmp, repeat)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = report(best, list(trees), url, repeat, compare=bool(args.compare))
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+def measure(trees: dict[str, dict], env: dict, tmp: Path,
+            repeat: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """The database set up once, then every floor and command ``repeat`` times in rounds;
+    returns the best (wall, CPU) seconds of each (label, tree)."""
     py = sys.executable
     best: dict[tuple[str, str], tuple[float, float]] = {}
 
@@ -100,20 +114,22 @@ def main() -> int:
         w0, c0 = best.get(key, (wall, cpu))
         best[key] = (min(w0, wall), min(c0, cpu))
 
-    try:
-        for setup in (["cases", "create", "bench", "--name", "Bench"],
-                      ["blocked", "add", "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf", "--reason", "b"],
-                      ["users", "add", "bench", "--role", "admin"]):
-            run([py, "-c", ENTRY, *setup], env, tmp)
-        for r in range(repeat):
-            for label, argv in FLOORS:
-                keep((label, ""), *run([py, *argv], env, tmp))
-            for tree, tree_env in trees.items():
-                for label, argv in commands(f"{tree}-{r}"):
-                    keep((label, tree), *run([py, "-c", ENTRY, *argv], tree_env, tmp))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for setup in (["cases", "create", "bench", "--name", "Bench"],
+                  ["blocked", "add", "TXYZopYRdj2D9XRtbG411XZZ3kM5VkAeBf", "--reason", "b"],
+                  ["users", "add", "bench", "--role", "admin"]):
+        run([py, "-c", ENTRY, *setup], env, tmp)
+    for r in range(repeat):
+        for label, argv in FLOORS:
+            keep((label, ""), *run([py, *argv], env, tmp))
+        for tree, tree_env in trees.items():
+            for label, argv in commands(f"{tree}-{r}"):
+                keep((label, tree), *run([py, "-c", ENTRY, *argv], tree_env, tmp))
+    return best
 
+
+def report(best: dict[tuple[str, str], tuple[float, float]], trees: list[str], url: str,
+           repeat: int, *, compare: bool) -> dict:
+    """Print the table and the verdict; returns them as the JSON result."""
     backend = url.split(":", 1)[0].split("+")[0]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"CLI start-up: best of {repeat} runs per command, a fresh process each, {backend} "
@@ -138,15 +154,13 @@ def main() -> int:
     print(f"database commands: median wall {median:.3f} s, slowest {db_walls[-1]:.3f} s "
           f"(goal ≤ {GOAL_S} s typical on a quiet machine, limit {LIMIT_S} s); "
           f"--help {best[('--help', 'now')][0]:.3f} s; import sqlalchemy alone {sa_cpu:.3f} CPU s")
-    if args.compare:
+    if compare:
         for label, _ in commands(""):
             (bw, bc), (nw, nc) = best[(label, "before")], best[(label, "now")]
             print(f"  {label:30} CPU {bc:.3f} → {nc:.3f} s ({nc / bc:.2f}x), "
                   f"wall {bw:.3f} → {nw:.3f} s")
     result["median_db_wall_s"] = median
-    if args.json:
-        print(json.dumps(result, separators=(",", ":")))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

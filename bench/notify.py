@@ -24,7 +24,7 @@ accepted N messages with N distinct Message-IDs; the outbox has N rows sent and 
 Prints a table with messages/s and the ratio to the goal; ``--json`` prints one JSON object as the last line.
 
 Goals (issue 7): ≥ 5,000 messages/s to the Maildir and ≥ 1,000 messages/s over SMTP.
-The machine is shared (2 cores here): the server runs on the same cores as the senders.
+The server runs on the same cores as the senders.
 """
 
 from __future__ import annotations
@@ -307,7 +307,6 @@ def bench_smtp(n: int, workers: int, connections: int, batch: int, server_procs:
 
 def bench_outbox(n: int, batch: int, workers: int | None, parent: Path | None = None) -> dict[str, object]:
     import resource
-    from types import SimpleNamespace
 
     from sqlalchemy import func, select
     from sqlmodel import Session
@@ -329,9 +328,9 @@ def bench_outbox(n: int, batch: int, workers: int | None, parent: Path | None = 
                 items = []
                 for i in range(lo, min(lo + 10_000, n)):
                     kind, lang, ctx, to = notification(i)
-                    claim = SimpleNamespace(id=None, reference=ctx.pop("reference"), language=lang, email=to)
+                    claim = outbox.Recipient(None, ctx.pop("reference"), lang, to)
                     items.append((claim, kind, ctx, None))
-                outbox.enqueue_many(s, items)
+                outbox.enqueue_batch(s, items)
             s.commit()
         settings = Settings(maildir=str(root / "mail"), public_url=PUBLIC_URL, mail_from=MAIL_FROM)
         _warm()
@@ -339,8 +338,8 @@ def bench_outbox(n: int, batch: int, workers: int | None, parent: Path | None = 
         t0, cpu0 = time.perf_counter(), time.process_time()
         rep = delivery.deliver_pending(engine, batch_size=batch, settings=settings, workers=workers)
         dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        used = delivery._pool_size + 1 if delivery._pool is not None else 1
-        delivery._drop_helpers()  # the helpers' CPU is counted once they have exited
+        used = delivery.helper_count() + 1
+        delivery.stop_helpers()  # the helpers' CPU is counted once they have exited
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         helpers_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
         with Session(engine) as s:

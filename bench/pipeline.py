@@ -119,7 +119,6 @@ def setup_case(engine, code: str, ledger: "str | Path") -> dict:
     from claims import cases, staff
     from claims import ledger as ledger_mod
     from claims.audit import Actor
-
     from claims.db import session_scope
 
     operator = Actor.operator()
@@ -199,10 +198,10 @@ def decide_flagged(engine, code: str, actor) -> dict:
 
 
 def prepare_round_direct(code: str, actor) -> int:
-    from claims.rounds import prepare_round_committed  # what flows.rounds' task calls
+    from claims import rounds
 
-    return prepare_round_committed(code, POOL, actor_name=actor.name, actor_role=actor.role,
-                                   actor_staff_id=actor.staff_id)
+    return rounds.prepare_round_committed(  # what flows.rounds' task calls
+        code, POOL, actor_name=actor.name, actor_role=actor.role, actor_staff_id=actor.staff_id)
 
 
 def approve_and_release(engine, round_id: int, approver, finance) -> dict:
@@ -309,8 +308,7 @@ class Clock:
 def run_rest(clock: Clock, engine, actors: dict, maildir: Path, *, flows: bool,
              deliver: bool = True) -> dict:
     """Stages 3–9 on the current database; the flow-backed ones through Prefect if asked."""
-    from claims import payouts
-    from claims.verification import run_verification
+    from claims import payouts, verification
     from notifications.delivery import deliver_pending
 
     alice, bob, carol = actors["alice"], actors["bob"], actors["carol"]
@@ -319,7 +317,7 @@ def run_rest(clock: Clock, engine, actors: dict, maildir: Path, *, flows: bool,
 
         counts = verify_claims(CODE)
     else:
-        counts = run_verification(CODE, engine=engine)
+        counts = verification.run_verification(CODE, engine=engine)
     clock.mark("verification", f"{counts.get('verified')} verified, {counts.get('batches')} batches")
 
     d = decide_flagged(engine, CODE, alice)
@@ -401,128 +399,29 @@ def main() -> int:
         "PREFECT_HOME": str(tmp / "prefect"),
     })
     os.environ.pop("PREFECT_API_URL", None)
-    direct_db, flow_db = tmp / "direct.db", tmp / "flow.db"
-    direct_mail, flow_mail = tmp / "mail-direct", tmp / "mail-flow"
     try:
-        t = time.perf_counter()
-        from cli.demo_data import generate
-
-        data = generate(n, seed=args.seed)
-        all_tron(data)
-        # The seized ledger as the regulator hands it over: a file, read as the CLI reads it
-        # (streamed), not a string held in memory.
-        ledger_file = tmp / "ledger.csv"
-        ledger_file.write_text(data.ledger_csv, encoding="utf-8")
-        data.ledger_csv = ""
-        reset_peak_rss()
-        # The generated case (N victims as objects) is the bench's, not the system's: keep
-        # Python's collector from rescanning it during every stage (a real filing streams).
-        import gc
-
-        gc.freeze()
-        gen_s = time.perf_counter() - t
-        gen_rss = rss_mb()  # the peak since the reset: the victims held, the ledger on disk
+        data, ledger_file, gen_s, gen_rss = generate_case(n, args.seed, tmp)
         print(f"pipeline bench: {n:,} victims (all paid on TRON through the custodian file), "
               f"SQLite in {tmp}, {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}; case data generated in {gen_s:.1f} s (not counted; "
               f"RSS {gen_rss:.0f} MB with it in memory)",
               flush=True)
-
-        use_database(f"sqlite:///{direct_db}", direct_mail)
-        from claims.db import dispose_engines, get_engine
-
-        engine = get_engine()  # schema created here (not counted)
-        direct = Clock("direct", not args.verbose)
-        info = setup_case(engine, CODE, ledger_file)
-        direct.mark("case + ledger import", f"{info['ledger'].rows_read:,} ledger rows, "
-                    f"{info['ledger'].accounts_added:,} accounts")
-        filed = file_claims(engine, CODE, data.victims)
-        direct.mark("bulk filing", f"{filed:,} claims")
-        # the copy for the flow run: same database state after filing
-        dispose_engines()
-        shutil.copyfile(direct_db, flow_db)
-        engine = get_engine()
-        direct.restart()
-        state_direct = run_rest(direct, engine, info["actors"], direct_mail, flows=False,
-                                deliver=not args.no_delivery)
+        deliver = not args.no_delivery
+        direct, info, state_direct = run_direct(data, ledger_file, tmp, args.verbose, deliver)
         rss_direct = rss_mb()
-
-        flowrun = None
-        warm_s = None
-        state_flow = None
+        flowrun = warm_s = state_flow = None
         if not args.no_flows:
-            use_database(f"sqlite:///{flow_db}", flow_mail)
-            warm_s = warm_prefect()
-            engine = get_engine()
-            flowrun = Clock("flows", not args.verbose)
-            from flows.common import no_heartbeat
-
-            with no_heartbeat():  # in-process runs, as the CLI starts them
-                state_flow = run_rest(flowrun, engine, info["actors"], flow_mail, flows=True,
-                                      deliver=not args.no_delivery)
+            flowrun, warm_s, state_flow = run_flows(info, tmp, args.verbose, deliver)
             if state_flow != state_direct:
                 print(f"WARNING: the flow run ended differently:\n direct {state_direct}\n "
                       f"flow   {state_flow}", flush=True)
+        from claims.db import dispose_engines
+
         dispose_engines()
-        # ---- table
-        total = sum(s["seconds"] for s in direct.stages.values())
-        print()
-        head = f"{'stage':<28} {'direct s':>9} {'CPU s':>7} {'peak RSS MB':>12}"
+        print_table(direct, flowrun, rss_direct)
+        result = summarize(n, args.no_delivery, direct, rss_direct, gen_s, gen_rss, state_direct)
         if flowrun:
-            head += f" {'flows s':>9} {'flow/direct':>12}"
-        print(head + "  what")
-        for name, s in direct.stages.items():
-            line = f"{name:<28} {s['seconds']:>9.2f} {s['cpu']:>7.2f} {s['rss_mb']:>12.0f}"
-            if flowrun:
-                f = flowrun.stages.get(name)
-                if f is not None and name not in ("case + ledger import", "bulk filing"):
-                    mark = "*" if name in FLOW_STAGES else " "
-                    line += f" {f['seconds']:>8.2f}{mark} {f['seconds'] / s['seconds']:>12.2f}"
-                else:
-                    line += f" {'(shared)':>9} {'':>12}"
-            print(line + "  " + s["detail"])
-        cpu_total = sum(s["cpu"] for s in direct.stages.values())
-        print(f"{'total':<28} {total:>9.2f} {cpu_total:>7.2f} {rss_direct:>12.0f}")
-        result = {"n": n, "total_s": round(total, 2), "delivered": not args.no_delivery,
-                  "goal_s": (600 if args.no_delivery and n == 1_000_000
-                             else 120 if n == 100_000 and not args.no_delivery else None),
-                  "peak_rss_mb": round(rss_direct), "cpu_s": round(cpu_total, 2),
-                  "generate_s": round(gen_s, 2), "rss_after_generate_mb": round(gen_rss),
-                  "stages": {k: round(v["seconds"], 2) for k, v in direct.stages.items()},
-                  "state": {k: v for k, v in state_direct.items()}}
-        what = ("every stage up to notices queued" if args.no_delivery
-                else "all stages, notices delivered to the Maildir")
-        print(f"\n{what}: {total:.1f} s for {n:,} victims "
-              f"({n / total:,.0f} victims/s; this process's CPU {cpu_total:.1f} s — wall minus CPU "
-              f"is waiting: disk syncs and the other load of the machine); peak RSS "
-              f"{rss_direct:.0f} MB, of which {gen_rss:.0f} MB before the first stage (the "
-              f"interpreter and the generated victims; the stages added "
-              f"{rss_direct - gen_rss:.0f} MB)")
-        if args.no_delivery:  # issue 9: 1M victims ≤ 10 min up to notices queued
-            goal = 600 * n / 1_000_000
-            print(f"goal ≤ 600 s for 1,000,000 up to notices queued (linear: ≤ {goal:.1f} s "
-                  f"here): {'met' if total <= goal else 'NOT met'}")
-        elif n >= 100_000:
-            goal = 120 * n / 100_000
-            print(f"goal ≤ {goal:.0f} s for {n:,}: {'met' if total <= goal else 'NOT met'}")
-        else:  # a quick size: no verdict (fixed costs weigh more, e.g. delivery by one
-            # process below a 20,000-notice backlog)
-            print(f"goal ≤ 120 s for 100,000: not judged at {n:,} (a linear share would be "
-                  f"{120 * n / 100_000:.1f} s; small runs carry fixed costs — run it at 100,000)")
-        if flowrun:
-            stages = [k for k in FLOW_STAGES if k in direct.stages]
-            fd = sum(direct.stages[k]["seconds"] for k in stages)
-            ff = sum(flowrun.stages[k]["seconds"] for k in stages)
-            cd = sum(direct.stages[k]["cpu"] for k in stages)
-            cf = sum(flowrun.stages[k]["cpu"] for k in stages)
-            print(f"Prefect overhead (* the {len(stages)} flow-backed stages): flows {ff:.2f} s vs direct "
-                  f"{fd:.2f} s = {ff / fd:.2f}x (+{ff - fd:.2f} s; this process's CPU {cf:.2f} s vs "
-                  f"{cd:.2f} s); Prefect's temporary server "
-                  f"start-up {warm_s:.1f} s apart (once a process; none with PREFECT_API_URL); "
-                  f"same end state: {'yes' if state_flow == state_direct else 'NO'}")
-            result.update(flow_s=round(ff, 2), direct_flow_stages_s=round(fd, 2),
-                          flow_ratio=round(ff / fd, 3), prefect_startup_s=round(warm_s, 1),
-                          same_state=state_flow == state_direct)
+            result.update(prefect_overhead(direct, flowrun, warm_s, state_flow == state_direct))
         st = state_direct
         print(f"end state: claims {st['claims']}; round {st['round_status']}, "
               f"{st['payouts_confirmed']:,} payouts confirmed = allocated; notifications "
@@ -534,6 +433,142 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generate_case(n: int, seed: int, tmp: Path) -> tuple:
+    """The generated case (every victim paid on TRON) and its ledger written to a file, before
+    the clock starts; returns (data, ledger file, seconds, peak RSS MB with it in memory)."""
+    t = time.perf_counter()
+    from cli.demo_data import generate
+
+    data = generate(n, seed=seed)
+    all_tron(data)
+    # The seized ledger as the regulator hands it over: a file, read as the CLI reads it
+    # (streamed), not a string held in memory.
+    ledger_file = tmp / "ledger.csv"
+    ledger_file.write_text(data.ledger_csv, encoding="utf-8")
+    data.ledger_csv = ""
+    reset_peak_rss()
+    # The generated case (N victims as objects) is the bench's, not the system's: keep
+    # Python's collector from rescanning it during every stage (a real filing streams).
+    import gc
+
+    gc.freeze()
+    gen_s = time.perf_counter() - t
+    return data, ledger_file, gen_s, rss_mb()  # the peak since the reset: the victims held
+
+
+def run_direct(data, ledger_file: Path, tmp: Path, verbose: bool, deliver: bool) -> tuple:
+    """Every stage through the domain functions on a fresh database, which is copied for the
+    flow run right after filing; returns (clock, case info, end state)."""
+    use_database(f"sqlite:///{tmp / 'direct.db'}", tmp / "mail-direct")
+    from claims.db import dispose_engines, get_engine
+
+    engine = get_engine()  # schema created here (not counted)
+    direct = Clock("direct", not verbose)
+    info = setup_case(engine, CODE, ledger_file)
+    direct.mark("case + ledger import", f"{info['ledger'].rows_read:,} ledger rows, "
+                f"{info['ledger'].accounts_added:,} accounts")
+    filed = file_claims(engine, CODE, data.victims)
+    direct.mark("bulk filing", f"{filed:,} claims")
+    # the copy for the flow run: same database state after filing
+    dispose_engines()
+    shutil.copyfile(tmp / "direct.db", tmp / "flow.db")
+    engine = get_engine()
+    direct.restart()
+    state = run_rest(direct, engine, info["actors"], tmp / "mail-direct", flows=False,
+                     deliver=deliver)
+    return direct, info, state
+
+
+def run_flows(info: dict, tmp: Path, verbose: bool, deliver: bool) -> tuple:
+    """Stages 3–9 again on the copy, the flow-backed ones through Prefect (its temporary
+    server started first, apart); returns (clock, start-up seconds, end state)."""
+    use_database(f"sqlite:///{tmp / 'flow.db'}", tmp / "mail-flow")
+    warm_s = warm_prefect()
+    from claims.db import get_engine
+    from flows.common import no_heartbeat
+
+    engine = get_engine()
+    flowrun = Clock("flows", not verbose)
+    with no_heartbeat():  # in-process runs, as the CLI starts them
+        state = run_rest(flowrun, engine, info["actors"], tmp / "mail-flow", flows=True,
+                         deliver=deliver)
+    return flowrun, warm_s, state
+
+
+def print_table(direct: Clock, flowrun: Clock | None, rss_direct: float) -> None:
+    """Each stage's seconds, CPU and peak RSS; beside them the flow run's, where it has one."""
+    total = sum(s["seconds"] for s in direct.stages.values())
+    print()
+    head = f"{'stage':<28} {'direct s':>9} {'CPU s':>7} {'peak RSS MB':>12}"
+    if flowrun:
+        head += f" {'flows s':>9} {'flow/direct':>12}"
+    print(head + "  what")
+    for name, s in direct.stages.items():
+        line = f"{name:<28} {s['seconds']:>9.2f} {s['cpu']:>7.2f} {s['rss_mb']:>12.0f}"
+        if flowrun:
+            f = flowrun.stages.get(name)
+            if f is not None and name not in ("case + ledger import", "bulk filing"):
+                mark = "*" if name in FLOW_STAGES else " "
+                line += f" {f['seconds']:>8.2f}{mark} {f['seconds'] / s['seconds']:>12.2f}"
+            else:
+                line += f" {'(shared)':>9} {'':>12}"
+        print(line + "  " + s["detail"])
+    cpu_total = sum(s["cpu"] for s in direct.stages.values())
+    print(f"{'total':<28} {total:>9.2f} {cpu_total:>7.2f} {rss_direct:>12.0f}")
+
+
+def summarize(n: int, no_delivery: bool, direct: Clock, rss_direct: float, gen_s: float,
+              gen_rss: float, state: dict) -> dict:
+    """The totals and the goal's verdict (printed); returns the JSON result."""
+    total = sum(s["seconds"] for s in direct.stages.values())
+    cpu_total = sum(s["cpu"] for s in direct.stages.values())
+    result = {"n": n, "total_s": round(total, 2), "delivered": not no_delivery,
+              "goal_s": (600 if no_delivery and n == 1_000_000
+                         else 120 if n == 100_000 and not no_delivery else None),
+              "peak_rss_mb": round(rss_direct), "cpu_s": round(cpu_total, 2),
+              "generate_s": round(gen_s, 2), "rss_after_generate_mb": round(gen_rss),
+              "stages": {k: round(v["seconds"], 2) for k, v in direct.stages.items()},
+              "state": {k: v for k, v in state.items()}}
+    what = ("every stage up to notices queued" if no_delivery
+            else "all stages, notices delivered to the Maildir")
+    print(f"\n{what}: {total:.1f} s for {n:,} victims "
+          f"({n / total:,.0f} victims/s; this process's CPU {cpu_total:.1f} s — wall minus CPU "
+          f"is waiting: disk syncs and the other load of the machine); peak RSS "
+          f"{rss_direct:.0f} MB, of which {gen_rss:.0f} MB before the first stage (the "
+          f"interpreter and the generated victims; the stages added "
+          f"{rss_direct - gen_rss:.0f} MB)")
+    if no_delivery:  # issue 9: 1M victims ≤ 10 min up to notices queued
+        goal = 600 * n / 1_000_000
+        print(f"goal ≤ 600 s for 1,000,000 up to notices queued (linear: ≤ {goal:.1f} s "
+              f"here): {'met' if total <= goal else 'NOT met'}")
+    elif n >= 100_000:
+        goal = 120 * n / 100_000
+        print(f"goal ≤ {goal:.0f} s for {n:,}: {'met' if total <= goal else 'NOT met'}")
+    else:  # a quick size: no verdict (fixed costs weigh more, e.g. delivery by one
+        # process below a 20,000-notice backlog)
+        print(f"goal ≤ 120 s for 100,000: not judged at {n:,} (a linear share would be "
+              f"{120 * n / 100_000:.1f} s; small runs carry fixed costs — run it at 100,000)")
+    return result
+
+
+def prefect_overhead(direct: Clock, flowrun: Clock, warm_s: float, same: bool) -> dict:
+    """The flow-backed stages through Prefect against the same stages direct (printed);
+    returns them for the JSON result."""
+    stages = [k for k in FLOW_STAGES if k in direct.stages]
+    fd = sum(direct.stages[k]["seconds"] for k in stages)
+    ff = sum(flowrun.stages[k]["seconds"] for k in stages)
+    cd = sum(direct.stages[k]["cpu"] for k in stages)
+    cf = sum(flowrun.stages[k]["cpu"] for k in stages)
+    print(f"Prefect overhead (* the {len(stages)} flow-backed stages): flows {ff:.2f} s vs direct "
+          f"{fd:.2f} s = {ff / fd:.2f}x (+{ff - fd:.2f} s; this process's CPU {cf:.2f} s vs "
+          f"{cd:.2f} s); Prefect's temporary server "
+          f"start-up {warm_s:.1f} s apart (once a process; none with PREFECT_API_URL); "
+          f"same end state: {'yes' if same else 'NO'}")
+    return {"flow_s": round(ff, 2), "direct_flow_stages_s": round(fd, 2),
+            "flow_ratio": round(ff / fd, 3), "prefect_startup_s": round(warm_s, 1),
+            "same_state": same}
 
 
 if __name__ == "__main__":

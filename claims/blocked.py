@@ -7,7 +7,7 @@ as given), so a claim's payout address is blocked whatever its letter case on Et
 
 Adding an address that is already listed is refused with ``Conflict`` (the operator learns it
 was there, and since when); removing one that is not listed is ``NotFound``. Both are audited.
-Verification reads :func:`blocked_keys` once per batch, or :func:`is_blocked` for one address.
+Verification and payouts match a payout address by ``BlockedAddress.address_key``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from claims.validators import (
 __all__ = [
     "AddResult",
     "add_blocked",
-    "blocked_keys",
     "blocked_view",
-    "is_blocked",
     "list_blocked",
     "remove_blocked",
 ]
@@ -126,16 +124,3 @@ def list_blocked(session: Session) -> list[BlockedAddress]:
         session.execute(select(BlockedAddress).order_by(BlockedAddress.id)).scalars().all()
     )
 
-
-def is_blocked(session: Session, network: str | None, address: str) -> bool:
-    """Whether a payout address is blocked (``network`` ``tron``/``ethereum``, or ``None`` to
-    infer it from the address's shape)."""
-    key = normalize_address_key(network, address)
-    return session.execute(
-        select(BlockedAddress.id).where(BlockedAddress.address_key == key)
-    ).first() is not None
-
-
-def blocked_keys(session: Session) -> set[str]:
-    """Every blocked address key (compare with ``Claim.payout_address_key``)."""
-    return set(session.execute(select(BlockedAddress.address_key)).scalars().all())

@@ -1,6 +1,6 @@
 """Cases: a scheme whose seized records and recovered funds are handled together.
 
-A case is identified by its CODE (CONTRACT.md: ``[a-z0-9][a-z0-9-]{1,63}``); ``case_id`` in
+A case is identified by its CODE (docs/api.md: ``[a-z0-9][a-z0-9-]{1,63}``); ``case_id`` in
 claims, claim CSVs and query filters is that code. Operators open and close cases; closing a
 case stops new filings (a filing for an unknown or closed case is refused naming ``case_id``).
 
@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from claims import audit
 from claims.audit import Actor
+from claims.db import for_update as lock_rows
 from claims.errors import CaseClosed, Conflict, IllegalTransition, InvalidInput, NotFound
-from claims.models import Case, utcnow
+from claims.models import Case, Claim, utcnow
 from claims.validators import ValidationFailed, validate_case_code
 
 __all__ = [
     "MAX_NAME_LEN",
     "case_view",
+    "claim_counts",
     "close_case",
     "create_case",
     "get_case_by_code",
@@ -128,8 +130,8 @@ def create_case(
 def get_case_by_code(session: Session, code: str, *, for_update: bool = False) -> Case:
     """The case with this code, or ``NotFound``."""
     stmt = select(Case).where(Case.code == code)
-    if for_update and session.get_bind().dialect.name != "sqlite":
-        stmt = stmt.with_for_update()
+    if for_update:
+        stmt = lock_rows(stmt, session)
     case = session.execute(stmt).scalar_one_or_none()
     if case is None:
         raise NotFound(f"no case {code!r}" if isinstance(code, str) else "no such case")
@@ -174,3 +176,10 @@ def close_case(session: Session, code: str, actor: Actor | None = None) -> Case:
         before=before, after=case_view(case),
     )
     return case
+
+
+def claim_counts(session: Session, code: str) -> dict[str, int]:
+    """How many claims of the case are in each status (statuses without claims left out)."""
+    return dict(session.execute(
+        select(Claim.status, func.count()).join(Case, Case.id == Claim.case_id)
+        .where(Case.code == code).group_by(Claim.status)).all())

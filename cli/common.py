@@ -1,6 +1,6 @@
 """What every command shares: exit codes, JSON output, error mapping, ``--as`` sign-in.
 
-Exit codes (CONTRACT.md): 0 success; 1 a check failed or some rows were refused; 2 bad input
+Exit codes (docs/operations.md): 0 success; 1 a check failed or some rows were refused; 2 bad input
 or usage (naming the field or line); 3 authentication or authorization refused.
 """
 

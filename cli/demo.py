@@ -33,13 +33,19 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from cli.common import print_json
 
 POOL = "545000"
+#: The demo's staff: role → user name (with the case's time stamp when the database is not
+#: the demo's own).
+PEOPLE = {"admin": "demo-admin", "caseworker": "demo-alice", "caseworker2": "demo-bob",
+          "finance": "demo-carol", "auditor": "demo-dave"}
 
 
 class DemoError(RuntimeError):
@@ -90,7 +96,7 @@ def _prepare_environment() -> tuple[Path, bool]:
         os.environ.setdefault("RESTITUTION_MAILDIR", str(out / "mail"))
         os.environ.setdefault("RESTITUTION_DOCUMENTS_DIR", str(out / "documents"))
         fresh = True
-    os.environ["RESTITUTION_RATE_LIMIT"] = "off"  # the demo's own server files 1,000s at once
+    os.environ["RESTITUTION_RATE_LIMIT"] = "off"  # the demo's own clients file many claims at once
     from claims.db import dispose_engines
     from claims.settings import reset_settings
 
@@ -145,40 +151,119 @@ def _check(resp, *expected: int):
 
 
 def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
+    """Run the whole demo for ``n`` victims; returns its summary (:data:`SUMMARY_KEYS` and
+    more: the round, each stage's seconds, where the files are)."""
+    import httpx
     from rich.console import Console
 
-    console = console or Console(stderr=True, quiet=True)
-    t0 = time.monotonic()
-    stages: dict[str, float] = {}
-
-    def stage(name: str, since: float) -> float:
-        now = time.monotonic()
-        stages[name] = round(now - since, 2)
-        console.print(f"[green]✓[/green] {name} [dim]({now - since:.1f} s)[/dim]")
-        return now
-
+    clock = _Clock(console or Console(stderr=True, quiet=True))
     out, fresh = _prepare_environment()
-    # Prefect's local server takes 10–20 s to start: start it now, while the case is set up
+    # Prefect's local server takes a while to start: start it now, while the case is set up
     # and the victims file, so the first flow does not wait for it.
     warm = threading.Thread(target=_warm_prefect, name="prefect-warm-up", daemon=True)
     warm.start()
+    demo = _set_up_case(n, seed, out, fresh)
+    clock.stage(f"case {demo.code}: ledger of {n} accounts imported, 5 staff accounts")
+
+    summary: dict = {"case": demo.code}
+    with _Server() as server, httpx.Client(base_url=server.url, timeout=120) as http:
+        clock.console.print(f"  API on {server.url} (docs: {server.url}/docs)")
+        tokens, refused = _file_claims(http, demo)
+        summary["claims_filed"] = len(tokens)
+        summary["refused_then_corrected"] = refused
+        clock.stage(f"{len(tokens)} claims filed over HTTP "
+                    f"({refused} first refused, then corrected)")
+
+        warm.join()
+        counts = _verify(demo.code)
+        clock.stage(f"verification flow: {_short(counts)}")
+
+        staff = {role: _sign_in(http, demo, role)
+                 for role in ("caseworker", "caseworker2", "finance")}
+        decided = _decide_flagged(http, demo, staff["caseworker"])
+        clock.stage(f"caseworker decided {sum(decided.values())} flagged claims "
+                    f"({decided['approve']} approved, {decided['reject']} rejected)")
+
+        disputed = _dispute_two(http, demo, tokens)
+        rnd = _prepare_and_approve_round(http, demo.code, staff["caseworker"], staff["caseworker2"])
+        clock.stage(f"round {rnd['id']}: pool {POOL} USDT at rate {rnd['rate']}, prepared by "
+                    f"{demo.people['caseworker']}, approved by {demo.people['caseworker2']}")
+        if disputed:  # the first dispute is settled at the ledger amount; the other stays open
+            _settle(http, *disputed[0], staff["caseworker"])
+
+        progress = _release(http, demo.code, rnd["id"], staff["finance"], clock.console)
+        clock.stage(f"payouts released: {_short(progress['by_state'])}")
+        conf = _custodian_round_trip(http, demo, rnd["id"], staff["finance"])
+        clock.stage(f"custodian rail (the demo plays the custodian): {conf['confirmed']} transfers "
+                    f"confirmed from its file")
+        results = _fetch_results(http, demo, rnd["id"], staff["caseworker"], staff["finance"])
+
+    delivered = _deliver_notifications()
+    settings = demo.settings
+    clock.stage(f"notifications delivered: {delivered['sent']} "
+                f"({'SMTP' if settings.smtp_url else 'Maildir ' + settings.maildir})")
+    summary.update(_summary(demo, results, clock))
+    _check_invariants(summary)
+    (out / demo.named("summary", "json")).write_text(
+        json.dumps({k: v for k, v in summary.items()}, indent=2, ensure_ascii=False))
+    return summary
+
+
+class _Clock:
+    """The stages' seconds, each announced on the console as it ends."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.t0 = self.t = time.monotonic()
+        self.stages: dict[str, float] = {}
+
+    def stage(self, name: str) -> None:
+        now = time.monotonic()
+        self.stages[name] = round(now - self.t, 2)
+        self.console.print(f"[green]✓[/green] {name} [dim]({now - self.t:.1f} s)[/dim]")
+        self.t = now
+
+    def total(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+
+@dataclass
+class _Demo:
+    """The demo's case: its code, data, staff and where its files go."""
+
+    code: str
+    data: Any
+    people: dict[str, str]  # role → user name
+    passwords: dict[str, str]  # user name → password
+    out: Path
+    fresh: bool
+    settings: Any
+
+    @property
+    def staff_file(self) -> Path:
+        return self.out / self.named("staff", "txt")
+
+    def named(self, stem: str, ext: str) -> str:
+        """A file name of this run: plain in a fresh ./var/demo, else with the case code."""
+        return f"{stem}.{ext}" if self.fresh else f"{stem}-{self.code}.{ext}"
+
+
+def _set_up_case(n: int, seed: int, out: Path, fresh: bool) -> _Demo:
+    """Stage 1: the case opened, the generated ledger imported, the staff created (their
+    sign-ins written to a file only the operator may read)."""
     from cli.demo_data import generate
     from claims import cases, ledger, staff
     from claims.audit import Actor
     from claims.db import get_engine, session_scope
-    from claims.rails import custodian
     from claims.settings import get_settings
 
-    settings = get_settings()
     engine = get_engine()
     code = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     data = generate(n, seed=seed)
     operator = Actor.operator()
-    people = {"admin": "demo-admin", "caseworker": "demo-alice", "caseworker2": "demo-bob",
-              "finance": "demo-carol", "auditor": "demo-dave"}
+    people = dict(PEOPLE)
     if not fresh:
-        suffix = code[5:]
-        people = {k: f"{v}-{suffix}" for k, v in people.items()}
+        people = {k: f"{v}-{code[5:]}" for k, v in people.items()}
     passwords = {name: secrets.token_urlsafe(12) for name in people.values()}
     with session_scope(engine) as s:
         cases.create_case(s, code, f"Demo pyramid scheme ({n} victims)", actor=operator)
@@ -187,138 +272,166 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         for role, name in people.items():
             staff.create_user(s, name, "caseworker" if role.startswith("caseworker") else role,
                               passwords[name], actor=operator)
-    staff_file = out / (f"staff-{code}.txt" if not fresh else "staff.txt")
-    fd = os.open(staff_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    demo = _Demo(code, data, people, passwords, out, fresh, get_settings())
+    fd = os.open(demo.staff_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         for role, name in people.items():
             fh.write(f"{name}\t{role.rstrip('2')}\t{passwords[name]}\n")
-    t = stage(f"case {code}: ledger of {n} accounts imported, 5 staff accounts", t0)
+    return demo
 
-    import httpx
 
-    summary: dict = {"case": code}
-    with _Server() as server, httpx.Client(base_url=server.url, timeout=120) as http:
-        console.print(f"  API on {server.url} (docs: {server.url}/docs)")
-        # ---- victims file over HTTP
-        tokens: dict[str, tuple[str, str]] = {}  # account → (reference, token)
-        refused = 0
+def _file_claims(http, demo: _Demo) -> tuple[dict[str, tuple[str, str]], int]:
+    """Stage 3: every victim files over HTTP (a mistaken first try refused, then corrected);
+    returns (account → (reference, token), first tries refused)."""
+    def file(v) -> tuple[str, str, int]:
+        bad = v.mistaken_filing(demo.code)
+        n_refused = 0
+        if bad is not None:
+            r = http.post("/api/v1/claims", json=bad, headers={"Idempotency-Key": str(uuid.uuid4())})
+            _check(r, 422)
+            n_refused = 1
+        r = _check(http.post("/api/v1/claims", json=v.filing(demo.code),
+                             headers={"Idempotency-Key": str(uuid.uuid4())}), 201)
+        body = r.json()
+        return body["reference"], body["access_token"], n_refused
 
-        def file(v) -> tuple[str, str, int]:
-            bad = v.mistaken_filing(code)
-            n_refused = 0
-            if bad is not None:
-                r = http.post("/api/v1/claims", json=bad, headers={"Idempotency-Key": str(uuid.uuid4())})
-                _check(r, 422)
-                n_refused = 1
-            r = _check(http.post("/api/v1/claims", json=v.filing(code),
-                                 headers={"Idempotency-Key": str(uuid.uuid4())}), 201)
-            body = r.json()
-            return body["reference"], body["access_token"], n_refused
+    tokens: dict[str, tuple[str, str]] = {}
+    refused = 0
+    with ThreadPoolExecutor(8) as pool:
+        for v, (ref, tok, bad) in zip(demo.data.victims, pool.map(file, demo.data.victims)):
+            tokens[v.account_id] = (ref, tok)
+            refused += bad
+    return tokens, refused
 
-        with ThreadPoolExecutor(8) as pool:
-            for v, (ref, tok, bad) in zip(data.victims, pool.map(file, data.victims)):
-                tokens[v.account_id] = (ref, tok)
-                refused += bad
-        summary["claims_filed"] = len(tokens)
-        summary["refused_then_corrected"] = refused
-        t = stage(f"{len(tokens)} claims filed over HTTP ({refused} first refused, then corrected)", t)
 
-        # ---- verification
-        warm.join()
-        from flows.common import no_heartbeat
-        from flows.verify import verify_claims
+def _verify(code: str) -> dict:
+    """Stage 4: the verification flow over the case."""
+    from flows.common import no_heartbeat
+    from flows.verify import verify_claims
 
-        with no_heartbeat():
-            counts = verify_claims(code)
-        t = stage(f"verification flow: {_short(counts)}", t)
+    with no_heartbeat():
+        return verify_claims(code)
 
-        # ---- caseworker decisions
-        def sign_in(name: str) -> dict:
-            r = _check(http.post("/api/v1/auth/token",
-                                 data={"username": name, "password": passwords[name]}), 200)
-            return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
-        alice = sign_in(people["caseworker"])
-        bob = sign_in(people["caseworker2"])
-        carol = sign_in(people["finance"])
-        decided = {"approve": 0, "reject": 0}
-        while True:
-            r = _check(http.get("/api/v1/review/claims", headers=alice,
-                                params={"case_id": code, "status": "flagged", "limit": 500}), 200)
-            items = r.json()["items"]
-            if not items:
-                break
-            for item in items:
-                body = _decision(item, data)
-                _check(http.post(f"/api/v1/review/claims/{item['reference']}/decision",
-                                 json=body, headers=alice), 200)
-                decided[body["decision"]] += 1
-        t = stage(f"caseworker decided {sum(decided.values())} flagged claims "
-                  f"({decided['approve']} approved, {decided['reject']} rejected)", t)
+def _sign_in(http, demo: _Demo, role: str) -> dict:
+    """The Authorization header of the demo's staff member of ``role``."""
+    name = demo.people[role]
+    r = _check(http.post("/api/v1/auth/token",
+                         data={"username": name, "password": demo.passwords[name]}), 200)
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
-        # ---- two victims dispute the recognized amount
-        disputed = []
-        for v in data.victims:
-            if len(disputed) == 2:
-                break
-            ref, tok = tokens[v.account_id]
-            st = http.get(f"/api/v1/claims/{ref}", headers={"X-Claim-Token": tok}).json()
-            if st["status"] == "approved" and st.get("recognized_loss") not in (None, "0"):
-                _check(http.post(f"/api/v1/claims/{ref}/dispute", headers={"X-Claim-Token": tok},
-                                 json={"reason": "I also paid a 'withdrawal fee' the ledger does not show",
-                                       "amount": _plus_tenth(st["recognized_loss"])}), 200, 201, 202)
-                disputed.append((ref, st["recognized_loss"]))
 
-        # ---- the round: prepared by one caseworker, approved by another
-        r = _check(http.post(f"/api/v1/cases/{code}/rounds", json={"pool": POOL}, headers=alice), 201)
-        rnd = r.json()
-        _check(http.post(f"/api/v1/rounds/{rnd['id']}/approve", headers=bob), 200)
-        t = stage(f"round {rnd['id']}: pool {POOL} USDT at rate {rnd['rate']}, prepared by "
-                  f"{people['caseworker']}, approved by {people['caseworker2']}", t)
-        if disputed:  # the first dispute is settled at the ledger amount; the other stays open
-            ref, amount = disputed[0]
-            _check(http.post(f"/api/v1/review/claims/{ref}/settle", headers=alice,
-                             json={"amount": amount, "reason": "the fee is not in the seized records"}), 200)
+def _decide_flagged(http, demo: _Demo, caseworker: dict) -> dict[str, int]:
+    """Stage 5: the caseworker decides every flagged claim; returns the decisions' counts."""
+    decided = {"approve": 0, "reject": 0}
+    while True:
+        r = _check(http.get("/api/v1/review/claims", headers=caseworker,
+                            params={"case_id": demo.code, "status": "flagged", "limit": 500}), 200)
+        items = r.json()["items"]
+        if not items:
+            return decided
+        for item in items:
+            body = _decision(item, demo.data)
+            _check(http.post(f"/api/v1/review/claims/{item['reference']}/decision",
+                             json=body, headers=caseworker), 200)
+            decided[body["decision"]] += 1
 
-        # ---- finance releases; the EVM rail pays, the custodian gets a file
-        _check(http.post(f"/api/v1/rounds/{rnd['id']}/payouts", headers={**carol,
-               "Idempotency-Key": f"demo-release-{code}"}), 202)
-        progress = _wait_payouts(http, rnd["id"], carol, console)
-        t = stage(f"payouts released: {_short(progress['by_state'])}", t)
-        instructions = _check(http.get(f"/api/v1/rounds/{rnd['id']}/payouts/instructions.csv",
-                                       headers=carol), 200).text
-        (out / f"custodian-instructions-{code}.csv").write_text(instructions)
-        confirmations = custodian.simulated_confirmations(instructions)
-        (out / f"custodian-confirmations-{code}.csv").write_text(confirmations)
-        r = _check(http.post(f"/api/v1/rounds/{rnd['id']}/payouts/confirmations", headers={
-            **carol, "Content-Type": "text/csv"}, content=confirmations.encode()), 200)
-        conf = r.json()
-        if conf["mismatches"]:
-            raise DemoError(f"custodian confirmations refused: {conf['mismatches'][:3]}")
-        http.post(f"/api/v1/rounds/{rnd['id']}/reconcile", headers=carol)
-        t = stage(f"custodian rail (the demo plays the custodian): {conf['confirmed']} transfers "
-                  f"confirmed from its file", t)
-        final = _check(http.get(f"/api/v1/rounds/{rnd['id']}/payouts", headers=carol), 200).json()
-        round_now = _check(http.get(f"/api/v1/rounds/{rnd['id']}", headers=alice), 200).json()
-        report = http.get(f"/staff/rounds/{rnd['id']}/report", headers=alice)
-        report_path = out / (f"report-{code}.html" if not fresh else "report.html")
-        if report.status_code == 200:
-            report_path.write_text(report.text)
-        plan = _check(http.get(f"/api/v1/rounds/{rnd['id']}/plan.csv", headers=alice), 200).text
-        (out / (f"plan-{code}.csv" if not fresh else "plan.csv")).write_text(plan)
 
-    # ---- notifications
+def _dispute_two(http, demo: _Demo, tokens: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+    """Two approved victims dispute their recognized amount; returns (reference, amount)."""
+    disputed: list[tuple[str, str]] = []
+    for v in demo.data.victims:
+        if len(disputed) == 2:
+            break
+        ref, tok = tokens[v.account_id]
+        st = http.get(f"/api/v1/claims/{ref}", headers={"X-Claim-Token": tok}).json()
+        if st["status"] == "approved" and st.get("recognized_loss") not in (None, "0"):
+            _check(http.post(f"/api/v1/claims/{ref}/dispute", headers={"X-Claim-Token": tok},
+                             json={"reason": "I also paid a 'withdrawal fee' the ledger does not show",
+                                   "amount": _plus_tenth(st["recognized_loss"])}), 200, 201, 202)
+            disputed.append((ref, st["recognized_loss"]))
+    return disputed
+
+
+def _prepare_and_approve_round(http, code: str, preparer: dict, approver: dict) -> dict:
+    """Stage 6: one caseworker prepares the round, another approves it; returns the round."""
+    rnd = _check(http.post(f"/api/v1/cases/{code}/rounds", json={"pool": POOL},
+                           headers=preparer), 201).json()
+    _check(http.post(f"/api/v1/rounds/{rnd['id']}/approve", headers=approver), 200)
+    return rnd
+
+
+def _settle(http, ref: str, amount: str, caseworker: dict) -> None:
+    """A dispute settled at the ledger amount."""
+    _check(http.post(f"/api/v1/review/claims/{ref}/settle", headers=caseworker,
+                     json={"amount": amount, "reason": "the fee is not in the seized records"}), 200)
+
+
+def _release(http, code: str, round_id, finance: dict, console) -> dict:
+    """Stage 7: finance releases the payouts; returns their states once nothing moves."""
+    _check(http.post(f"/api/v1/rounds/{round_id}/payouts", headers={
+        **finance, "Idempotency-Key": f"demo-release-{code}"}), 202)
+    return _wait_payouts(http, round_id, finance, console)
+
+
+def _custodian_round_trip(http, demo: _Demo, round_id, finance: dict) -> dict:
+    """The custodian rail: the instructions fetched, the custodian played, its confirmations
+    imported and the round reconciled; returns the import's answer."""
+    from claims.rails import custodian
+
+    instructions = _check(http.get(f"/api/v1/rounds/{round_id}/payouts/instructions.csv",
+                                   headers=finance), 200).text
+    (demo.out / f"custodian-instructions-{demo.code}.csv").write_text(instructions)
+    confirmations = custodian.simulated_confirmations(instructions)
+    (demo.out / f"custodian-confirmations-{demo.code}.csv").write_text(confirmations)
+    r = _check(http.post(f"/api/v1/rounds/{round_id}/payouts/confirmations", headers={
+        **finance, "Content-Type": "text/csv"}, content=confirmations.encode()), 200)
+    conf = r.json()
+    if conf["mismatches"]:
+        raise DemoError(f"custodian confirmations refused: {conf['mismatches'][:3]}")
+    http.post(f"/api/v1/rounds/{round_id}/reconcile", headers=finance)
+    return conf
+
+
+def _fetch_results(http, demo: _Demo, round_id, caseworker: dict, finance: dict) -> dict:
+    """The payouts, the round, its report and plan, as staff see them (report and plan saved);
+    returns ``{"payouts", "round", "report_path"}``."""
+    final = _check(http.get(f"/api/v1/rounds/{round_id}/payouts", headers=finance), 200).json()
+    round_now = _check(http.get(f"/api/v1/rounds/{round_id}", headers=caseworker), 200).json()
+    report = http.get(f"/staff/rounds/{round_id}/report", headers=caseworker)
+    report_path = demo.out / demo.named("report", "html")
+    if report.status_code == 200:
+        report_path.write_text(report.text)
+    plan = _check(http.get(f"/api/v1/rounds/{round_id}/plan.csv", headers=caseworker), 200).text
+    (demo.out / demo.named("plan", "csv")).write_text(plan)
+    return {"payouts": final, "round": round_now, "report_path": report_path}
+
+
+def _deliver_notifications() -> dict:
+    """Stage 8: the notifications delivered by their flow."""
     from flows.common import no_heartbeat
     from flows.notify import deliver_notifications
 
     with no_heartbeat():
-        delivered = deliver_notifications()
-    t = stage(f"notifications delivered: {delivered['sent']} "
-              f"({'SMTP' if settings.smtp_url else 'Maildir ' + settings.maildir})", t)
+        return deliver_notifications()
 
-    confirmed = final["by_state"].get("confirmed", {"count": 0, "amount": "0"})
-    summary.update(_claim_counts(engine, code))
-    summary.update({
+
+def _summary(demo: _Demo, results: dict, clock: _Clock) -> dict:
+    """The end state: claims and notices counted, the round's money, where the files are."""
+    from claims import cases
+    from claims.db import get_engine, session_scope
+    from notifications import delivery
+
+    round_now = results["round"]
+    confirmed = results["payouts"]["by_state"].get("confirmed", {"count": 0, "amount": "0"})
+    with session_scope(get_engine(), write=False) as s:
+        by_status = cases.claim_counts(s, demo.code)
+        emails = delivery.count_sent(s, demo.code)
+    settings = demo.settings
+    return {
+        "claims_approved": by_status.get("approved", 0),
+        "claims_rejected": by_status.get("rejected", 0),
+        "claims_by_status": by_status,
         "pool": round_now["pool"],
         "allocated": round_now["allocated"],
         "reserved": round_now["reserved"],
@@ -326,19 +439,15 @@ def run_demo(n: int = 1000, *, seed: int = 545000, console=None) -> dict:
         "undistributed": round_now["undistributed"],
         "paid": confirmed["amount"],
         "payouts": confirmed["count"],
-        "emails": _emails(engine, code),
+        "emails": emails,
         "round": round_now,
-        "seconds": round(time.monotonic() - t0, 1),
-        "stages": stages,
-        "report": str(report_path),
+        "seconds": clock.total(),
+        "stages": clock.stages,
+        "report": str(results["report_path"]),
         "maildir": settings.maildir if not settings.smtp_url else None,
-        "staff_file": str(staff_file),
-        "output": str(out),
-    })
-    _check_invariants(summary)
-    (out / (f"summary-{code}.json" if not fresh else "summary.json")).write_text(
-        json.dumps({k: v for k, v in summary.items()}, indent=2, ensure_ascii=False))
-    return summary
+        "staff_file": str(demo.staff_file),
+        "output": str(demo.out),
+    }
 
 
 def _warm_prefect() -> None:
@@ -403,33 +512,6 @@ def _wait_payouts(http, round_id: str, headers: dict, console, timeout: float = 
         if time.monotonic() > deadline:
             raise DemoError(f"payouts still running after {timeout:.0f} s: {s['by_state']}")
         time.sleep(0.3)
-
-
-def _claim_counts(engine, code: str) -> dict:
-    from sqlalchemy import func, select
-
-    from claims.db import session_scope
-    from claims.models import Case, Claim
-
-    with session_scope(engine, write=False) as s:
-        rows = dict(s.execute(
-            select(Claim.status, func.count()).join(Case, Case.id == Claim.case_id)
-            .where(Case.code == code).group_by(Claim.status)).all())
-    return {"claims_approved": rows.get("approved", 0), "claims_rejected": rows.get("rejected", 0),
-            "claims_by_status": rows}
-
-
-def _emails(engine, code: str) -> int:
-    from sqlalchemy import func, select
-
-    from claims.db import session_scope
-    from claims.models import Case, Claim, Notification
-
-    with session_scope(engine, write=False) as s:
-        return s.execute(
-            select(func.count()).select_from(Notification)
-            .join(Claim, Claim.id == Notification.claim_id).join(Case, Case.id == Claim.case_id)
-            .where(Case.code == code, Notification.state == "sent")).scalar_one()
 
 
 def _check_invariants(summary: dict) -> None:

@@ -23,6 +23,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from claims.money import format_amount, net_loss
 from claims.validators import make_eth_address, make_iin, make_tron_address
 
 FIRST = {
@@ -61,7 +62,7 @@ class Victim:
 
     @property
     def net_loss(self) -> int:
-        return max(0, self.invested - self.withdrawn)
+        return net_loss(self.invested, self.withdrawn)
 
     def filing(self, case_code: str) -> dict:
         """The claim as the victim files it (after any mistake is corrected)."""
@@ -73,7 +74,7 @@ class Victim:
             "email": self.email,
             "phone": self.phone,
             "language": self.language,
-            "claimed_amount": _usdt(self.claimed),
+            "claimed_amount": format_amount(self.claimed),
             "payout_network": self.network,
             "payout_address": self.address,
             "consent": True,
@@ -100,11 +101,6 @@ class Victim:
         return body
 
 
-def _usdt(micro: int) -> str:
-    whole, frac = divmod(micro, 1_000_000)
-    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
-
-
 def _cents(rng: random.Random, median_usdt: float, sigma: float) -> int:
     """A lognormal amount as integer micro-USDT (whole cents)."""
     return max(1, int(rng.lognormvariate(math.log(median_usdt), sigma) * 100)) * 10_000
@@ -122,60 +118,81 @@ class CaseData:
 
 
 def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> CaseData:
+    """A case of ``n`` victims, the same for the same seed (see the module's docstring)."""
     rng = random.Random(seed)
     start = start or dt.datetime(2023, 1, 1, tzinfo=dt.UTC)
     victims: list[Victim] = []
     shared_wallets: dict[int, str] = {}
     used_iins: set[str] = set()
     for i in range(n):
-        lang = rng.choices(["kk", "ru", "en"], weights=[40, 45, 15])[0]
-        name = f"{rng.choice(FIRST[lang])} {rng.choice(LAST[lang])} {i:05d}"
-        born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 53))
-        sex = rng.choice(["M", "F"])
-        iin = make_iin(born, sex, rng.randrange(0, 10000))
-        while iin in used_iins:  # one claim per IIN: a second person gets another serial
-            iin = make_iin(born, sex, (int(iin[7:11]) + 1) % 10000)
-        used_iins.add(iin)
-        born = dt.date(2000 + int(iin[:2]), int(iin[2:4]), int(iin[4:6])) if iin[6] in "56" else \
-            dt.date(1900 + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
-        network = "tron" if rng.random() < 0.7 else "ethereum"
-        payload = rng.getrandbits(160).to_bytes(20, "big")
-        address = make_tron_address(payload) if network == "tron" else make_eth_address(payload)
-        invested = sum(_cents(rng, 1500, 0.9) for _ in range(rng.randint(1, 4)))
-        winner = rng.random() < 0.10
-        if winner:
-            withdrawn = invested + invested * rng.randint(5, 100) // 100
-        else:
-            withdrawn = invested * rng.randint(0, 70) // 100 // 10_000 * 10_000
-        v = Victim(
-            index=i,
-            account_id=f"ACC-{i + 1:06d}",
-            language=lang,
-            full_name=name,
-            iin=iin,
-            date_of_birth=born.isoformat(),
-            email=f"victim{i:05d}@example.kz",
-            phone=f"+77{rng.randrange(0, 10**9):09d}",
-            network=network,
-            address=address,
-            invested=invested,
-            withdrawn=withdrawn,
-            net_winner=winner,
-            insider=(not winner) and rng.random() < 0.005,
-        )
-        v.gives_account = rng.random() < 0.9
-        v.claimed = v.net_loss if v.net_loss else invested
-        if not winner and rng.random() < 0.03:  # typed a different amount than the ledger shows
-            v.claimed = v.net_loss + v.net_loss // 5 + 1_000_000
-        r = rng.random()
-        v.mistake = "iin" if r < 0.02 else "address" if r < 0.04 else "amount" if r < 0.05 else None
+        v = _victim(rng, i, used_iins)
         # A family or two share one payout wallet (duplicate_wallet).
         if i % 250 == 7 and i + 1 < n:
-            shared_wallets[i + 1] = address
-        if i in shared_wallets and network == ("tron" if shared_wallets[i].startswith("T") else "ethereum"):
+            shared_wallets[i + 1] = v.address
+        if i in shared_wallets and v.network == ("tron" if shared_wallets[i].startswith("T")
+                                                 else "ethereum"):
             v.address = shared_wallets[i]
         victims.append(v)
+    text = _ledger_csv(rng, victims, start)
+    strangers = _strangers(rng, victims, n)
+    if strangers:
+        gone = {v.account_id for v in strangers}
+        text = "\n".join(line for line in text.split("\n") if line.split(",", 1)[0] not in gone)
+        if not text.endswith("\n"):
+            text += "\n"
+    return CaseData(victims=victims, ledger_csv=text, strangers=strangers)
 
+
+def _victim(rng: random.Random, i: int, used_iins: set[str]) -> Victim:
+    """The i-th victim: who they are, what they put in and took out, what they claim."""
+    lang = rng.choices(["kk", "ru", "en"], weights=[40, 45, 15])[0]
+    name = f"{rng.choice(FIRST[lang])} {rng.choice(LAST[lang])} {i:05d}"
+    born = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 53))
+    sex = rng.choice(["M", "F"])
+    iin = make_iin(born, sex, rng.randrange(0, 10000))
+    while iin in used_iins:  # one claim per IIN: a second person gets another serial
+        iin = make_iin(born, sex, (int(iin[7:11]) + 1) % 10000)
+    used_iins.add(iin)
+    born = dt.date(2000 + int(iin[:2]), int(iin[2:4]), int(iin[4:6])) if iin[6] in "56" else \
+        dt.date(1900 + int(iin[:2]), int(iin[2:4]), int(iin[4:6]))
+    network = "tron" if rng.random() < 0.7 else "ethereum"
+    payload = rng.getrandbits(160).to_bytes(20, "big")
+    address = make_tron_address(payload) if network == "tron" else make_eth_address(payload)
+    invested = sum(_cents(rng, 1500, 0.9) for _ in range(rng.randint(1, 4)))
+    winner = rng.random() < 0.10
+    if winner:
+        withdrawn = invested + invested * rng.randint(5, 100) // 100
+    else:
+        withdrawn = invested * rng.randint(0, 70) // 100 // 10_000 * 10_000
+    v = Victim(
+        index=i,
+        account_id=f"ACC-{i + 1:06d}",
+        language=lang,
+        full_name=name,
+        iin=iin,
+        date_of_birth=born.isoformat(),
+        email=f"victim{i:05d}@example.kz",
+        phone=f"+77{rng.randrange(0, 10**9):09d}",
+        network=network,
+        address=address,
+        invested=invested,
+        withdrawn=withdrawn,
+        net_winner=winner,
+        insider=(not winner) and rng.random() < 0.005,
+    )
+    v.gives_account = rng.random() < 0.9
+    v.claimed = v.net_loss if v.net_loss else invested
+    if not winner and rng.random() < 0.03:  # typed a different amount than the ledger shows
+        v.claimed = v.net_loss + v.net_loss // 5 + 1_000_000
+    r = rng.random()
+    v.mistake = "iin" if r < 0.02 else "address" if r < 0.04 else "amount" if r < 0.05 else None
+    return v
+
+
+def _ledger_csv(rng: random.Random, victims: list[Victim], start: dt.datetime) -> str:
+    """The seized ledger of these victims as CSV text: each one's deposits (the first row with
+    the identity values; a third of the victims keep its tx hash as evidence), then
+    withdrawals and bonuses."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["account_id", "entry_type", "amount", "occurred_at", "tx_hash", "wallet",
@@ -190,7 +207,7 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
             tx = _hex(rng, 32)
             if k == 0:
                 v.evidence = [tx] if rng.random() < 0.3 else []
-            w.writerow([v.account_id, "deposit", _usdt(amount), t.isoformat(), tx,
+            w.writerow([v.account_id, "deposit", format_amount(amount), t.isoformat(), tx,
                         v.address if k == 0 else "", v.email if k == 0 else "",
                         v.phone if k == 0 else "", v.iin if k == 0 else "",
                         "true" if v.insider and k == 0 else ""])
@@ -200,11 +217,15 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
             kind = "bonus" if rng.random() < 0.3 else "withdrawal"
             amount = left if left < 50_000_000 else rng.randint(left // 3, left)
             left -= amount
-            w.writerow([v.account_id, kind, _usdt(amount), t.isoformat(), _hex(rng, 32),
+            w.writerow([v.account_id, kind, format_amount(amount), t.isoformat(), _hex(rng, 32),
                         "", "", "", "", ""])
             t += dt.timedelta(days=rng.randint(1, 20))
-    # A few victims the ledger does not know: they bring evidence hashes the seized records
-    # lack, and a caseworker approves them on the documents (no_ledger_match).
+    return out.getvalue()
+
+
+def _strangers(rng: random.Random, victims: list[Victim], n: int) -> list[Victim]:
+    """A few victims the ledger does not know: they bring evidence hashes the seized records
+    lack, and a caseworker approves them on the documents (no_ledger_match)."""
     strangers = []
     for v in victims[5 :: max(1, n // 8)][:8]:
         if v.net_winner or v.insider:
@@ -212,10 +233,4 @@ def generate(n: int, seed: int = 545000, start: dt.datetime | None = None) -> Ca
         v.in_ledger = False
         v.evidence = [_hex(rng, 32)]
         strangers.append(v)
-    text = out.getvalue()
-    if strangers:
-        gone = {v.account_id for v in strangers}
-        text = "\n".join(line for line in text.split("\n") if line.split(",", 1)[0] not in gone)
-        if not text.endswith("\n"):
-            text += "\n"
-    return CaseData(victims=victims, ledger_csv=text, strangers=strangers)
+    return strangers

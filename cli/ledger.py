@@ -4,7 +4,7 @@
     ledger summary CODE [--json]
     ledger mark-insider CODE ACCOUNT [--reason R] [--json]
 
-``import`` streams the file (format: CONTRACT.md "Ledger CSV"; rules: claims/ledger.py) and
+``import`` streams the file (format: docs/formats.md "Ledger CSV"; rules: claims/ledger/) and
 stores it in one transaction: any bad row rejects the whole file, every bad line is printed on
 stderr as ``line N: reason`` and the exit code is 2; the same rows again change nothing. Big
 files show a progress bar on stderr. Exit codes: 0 done; 2 bad file, unknown case or account.
@@ -21,7 +21,7 @@ from cli.common import domain_errors, fail, print_json
 
 ledger = typer.Typer(help="The seized ledger: import, summary, insiders.", no_args_is_help=True)
 
-PROGRESS_MIN_BYTES = 4 * 2**20  # a bar for files of 4 MiB and more (≈ 20,000 rows)
+PROGRESS_MIN_BYTES = 4 * 2**20  # a bar for big files (the default of --progress)
 
 
 class _Bar:

@@ -4,14 +4,14 @@ Each command group lives in its own module with a ``register(app)`` function. Mo
 cheap to import: anything heavy (Prefect, web3, the API) is imported inside the command body.
 
 Registration is lazy: ``restitution blocked list`` imports ``cli.blocked`` and nothing else of
-``cli/`` (the other modules' imports and Typer's building of their commands cost ~50 ms, a
-tenth of a short command). ``--help`` and a mistyped name load every module, as before.
+``cli/`` (the other modules' imports and Typer's building of their commands are a noticeable
+share of a short command). ``--help`` and a mistyped name load every module, as before.
 
 The database-only command groups (:data:`QUICK_EXIT`) start with the cyclic garbage collector
 rarely looking at old objects, and leave without tearing the interpreter down (:func:`leave`):
-the ~85,000 objects that SQLAlchemy, SQLModel, Pydantic and the models leave behind live until
-the end, and both the collector's repeated passes over them (~50 ms) and freeing them one by
-one at exit (~0.1–0.2 s) cost CPU to no purpose (bench/cli_start.py).
+the many objects that SQLAlchemy, SQLModel, Pydantic and the models leave behind live until
+the end, and both the collector's repeated passes over them and freeing them one by one at
+exit cost CPU to no purpose (measured by bench/cli_start.py).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-# What the project's embedded defaults need from Prefect (PREFECT-NOTES.md). ``setdefault``:
-# a user's own settings (environment) always win.
+# What the project's embedded defaults need from Prefect (docs/configuration.md).
+# ``setdefault``: a user's own settings (environment) always win.
 _DEFAULTS = {
     # The ephemeral server's first start migrates a fresh SQLite database: give it time.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
@@ -26,7 +26,8 @@ def configure_prefect() -> None:
 
     ``PREFECT_HOME`` goes under ``./var/prefect`` of the working directory (beside the
     generated keys and the default database); telemetry is off; the ephemeral server gets
-    180 s to start; logging defaults to WARNING; results are not persisted.
+    time to migrate its fresh database on a first start; logging defaults to WARNING; results
+    are not persisted.
     """
     if "PREFECT_HOME" not in os.environ:
         from claims.settings import var_dir

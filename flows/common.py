@@ -1,9 +1,9 @@
 """What the flows share: batching by id ranges, the artifacts a person watches, and how a
 flow is run inside the calling process.
 
-A Prefect task run costs ≈ 10–15 ms and the ephemeral server tires after a few thousand of
-them (PREFECT-NOTES.md): flows cut their work into batches of 1k–10k ids, pass ``(first,
-last)`` id ranges or id lists to one task per batch, and return counts, never rows.
+A Prefect task run has a fixed cost and the ephemeral server tires after a few thousand of
+them (docs/operations.md): flows cut their work into batches of thousands of ids, pass
+``(first, last)`` id ranges or id lists to one task per batch, and return counts, never rows.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def no_heartbeat() -> Iterator[None]:
     Heartbeats let an automation on the server mark a *deployment's* run ``Crashed`` when its
     worker dies (Prefect's "detect zombie flows"); a run called in-process has its caller
     watching and this project sets up no such automation. With heartbeats on (Prefect's
-    default, every 180 s), every flow run ends by joining the heartbeat thread, which sleeps
-    in 1 s steps: 0–1 s of waiting per run, ≈ 1.1 s for a run of 0.1 s. The environment
+    default), every flow run ends by joining the heartbeat thread, which sleeps in steps of a
+    second: a short run would wait longer for it than it works. The environment
     cannot turn them off (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` must be an integer ≥ 30);
     Prefect's settings context can. Runs of deployments (``restitution worker``) keep them.
     """

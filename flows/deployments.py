@@ -1,14 +1,12 @@
-"""The flows as deployments of one process (``restitution worker``) and how the API starts
-them when ``PREFECT_API_URL`` points at a Prefect server.
+"""The flows as deployments of one process (``restitution worker``), for a Prefect server.
 
 Deployment names are ``<flow name>/restitution``: ``verify-claims/restitution``,
 ``prepare-round/restitution``, ``execute-payouts/restitution``,
-``deliver-notifications/restitution``.
+``deliver-notifications/restitution``; a run is started with Prefect's own
+``run_deployment`` (docs/operations.md).
 """
 
 from __future__ import annotations
-
-import os
 
 from flows import configure_prefect
 
@@ -33,19 +31,3 @@ def serve_deployments(limit: int = 4) -> None:
     from prefect import serve
 
     serve(*deployments(), limit=limit)
-
-
-def use_deployments() -> bool:
-    """Start flows through deployments (scale-out) rather than in this process?"""
-    return bool(os.environ.get("PREFECT_API_URL")) and os.environ.get(
-        "RESTITUTION_RUN_FLOWS_IN_PROCESS", "").lower() not in ("1", "true", "yes")
-
-
-def start(flow_name: str, parameters: dict, idempotency_key: str | None = None, timeout: float = 0):
-    """Start a deployment run without waiting (``timeout=0``); returns the flow run."""
-    from prefect.deployments import run_deployment
-
-    return run_deployment(
-        f"{flow_name}/{DEPLOYMENT}", parameters=parameters, timeout=timeout,
-        idempotency_key=idempotency_key,
-    )

@@ -2,9 +2,8 @@
 
 One task run delivers up to :data:`BATCHES_PER_TASK` batches through
 :func:`notifications.delivery.deliver_pending`, which shares a large backlog among processes
-(every core); the flow runs tasks until one finds nothing due. A task run costs ≈ 10 ms and a
-batch of 2,000 a few tenths of a second, so the task count stays small (≈ 20 for 400,000
-notices) and Prefect's share of the time with it.
+(every core); the flow runs tasks until one finds nothing due. A task carries many batches,
+so the task count stays small beside the work and Prefect's share of the time with it.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, bindparam, func, or_, select, update
 
-from claims.db import is_sqlite, session_scope
-from claims.models import Notification, utcnow
+from claims.db import for_update, is_sqlite, session_scope
+from claims.models import Case, Claim, Notification, utcnow
 from claims.settings import Settings, get_settings
 
 log = logging.getLogger("restitution.notifications")
@@ -44,7 +44,7 @@ BACKOFF_BASE = dt.timedelta(seconds=30)
 #: context keys that hold a secret for the recipient only, blanked once the message is sent
 SECRET_KEYS = ("access_token", "code")
 #: a backlog at least this large is shared among processes (``workers=None``): a helper
-#: process costs ≈ 0.7 s of CPU to start (imports), ≈ 5,000 messages' work
+#: process pays for its start-up (imports) before it delivers anything (bench/notify.py)
 PARALLEL_MIN_DUE = 20_000
 MAX_WORKERS = 8
 
@@ -124,9 +124,8 @@ def claim_batch(engine: Engine, limit: int, *, now: dt.datetime | None = None) -
     RETURNING …`` (SQLite ≥ 3.35 and PostgreSQL alike)."""
     now = now or utcnow()
     worker = _worker_id()
-    due = select(_C.id).where(_due(now)).order_by(_C.id).limit(limit)
-    if not is_sqlite(engine):
-        due = due.with_for_update(skip_locked=True)
+    due = for_update(select(_C.id).where(_due(now)).order_by(_C.id).limit(limit), engine,
+                     skip_locked=True)
     stmt = (
         update(_TABLE)
         .where(_C.id.in_(due))
@@ -146,6 +145,14 @@ def count_due(engine: Engine, *, at_least: int | None = None, now: dt.datetime |
         inner = inner.limit(at_least)
     with session_scope(engine, write=False) as s:
         return int(s.connection().execute(select(func.count()).select_from(inner.subquery())).scalar_one())
+
+
+def count_sent(session, case_code: str) -> int:
+    """How many notices about the claims of case ``case_code`` have been sent."""
+    return session.execute(
+        select(func.count()).select_from(Notification)
+        .join(Claim, Claim.id == Notification.claim_id).join(Case, Case.id == Claim.case_id)
+        .where(Case.code == case_code, Notification.state == "sent")).scalar_one()
 
 
 def _host(public_url: str) -> str:
@@ -254,7 +261,7 @@ def _reason(result) -> str | None:
 def _shareable_url(engine: Engine) -> str | None:
     """The URL another process can open for the same database, or ``None`` (in-memory SQLite)."""
     url = engine.url
-    if url.get_backend_name() == "sqlite":
+    if is_sqlite(engine):
         db = url.database or ""
         if db in ("", ":memory:") or "mode=memory" in str(url):
             return None
@@ -292,7 +299,12 @@ def _helpers(n: int):  # noqa: ANN202
         return _pool
 
 
-def _drop_helpers() -> None:
+def helper_count() -> int:
+    """How many helper processes are kept (0 when none were started or they were stopped)."""
+    return _pool_size if _pool is not None else 0
+
+
+def stop_helpers() -> None:
     """Stop the helper processes (they are started again when needed)."""
     global _pool, _pool_size
     with _pool_lock:
@@ -301,7 +313,7 @@ def _drop_helpers() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-atexit.register(_drop_helpers)
+atexit.register(stop_helpers)
 
 
 def _helper_init() -> None:
@@ -379,5 +391,5 @@ def deliver_pending(engine: Engine | None = None, *, batch_size: int = 2000,
             # A helper died (or could not start). What it had claimed is taken over by a later
             # run once its lease has passed; the rest this process delivered itself.
             log.warning("a notification helper process died; its claimed batch waits for its lease")
-            _drop_helpers()
+            stop_helpers()
     return total

@@ -43,9 +43,10 @@ from markupsafe import Markup
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 LOCALE_DIR = TEMPLATES_DIR / "locale"
 
-#: The claimant's languages (CONTRACT: ``language (kk|ru|en)``); Kazakh is written in Cyrillic.
+#: The claimant's languages (docs/api.md: ``language`` is ``kk``, ``ru`` or ``en``); Kazakh is
+#: written in Cyrillic.
 LANGUAGES: tuple[str, ...] = ("kk", "ru", "en")
-#: The pages' default (CONTRACT: Kazakh by default).
+#: The pages' default: Kazakh.
 DEFAULT_LANGUAGE = "kk"
 #: The language the msgids are written in: it needs no catalog entries.
 SOURCE_LANGUAGE = "en"
@@ -168,7 +169,8 @@ def _direct_callables(translations: NullTranslations) -> dict[str, Any]:
     Same behaviour as the ones ``jinja2.ext.i18n`` installs with ``newstyle=True`` (``%(name)s``
     placeholders filled from keyword arguments, the translation trusted and the values escaped
     in autoescaped templates, ``num`` set for plurals) but one function call instead of three
-    ``Context.call`` indirections per string: emails render several times faster.
+    ``Context.call`` indirections per string (those indirections were most of an email's
+    rendering).
     """
     gettext = translations.gettext
     ngettext = translations.ngettext
@@ -217,8 +219,3 @@ def get_env(template_dir: str | Path, domain: str, lang: str) -> Environment:
     """:func:`make_env` with the defaults, cached per (directory, domain, language)."""
     return make_env(template_dir, domain, lang)
 
-
-def clear_caches() -> None:
-    """Forget loaded catalogs and environments (tests that recompile catalogs)."""
-    get_translations.cache_clear()
-    get_env.cache_clear()

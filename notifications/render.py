@@ -18,10 +18,10 @@ Bodies are 7bit when ASCII, 8bit UTF-8 when every line fits in 998 bytes (as the
 library's default policy chooses; SMTP then announces ``BODY=8BITMIME`` and falls back to base64
 for a server without it), base64 otherwise.
 
-Speed: the standard library's email generator and parser cost milliseconds per message, so the
-message is composed here as bytes directly and the returned :class:`RenderedMessage` carries
-them; :mod:`notifications.transport` sends those bytes unless the message was changed after
-rendering (then the standard generator serializes it). The object is a complete
+Speed: the standard library's email generator and parser cost more than the rest of a
+message's work, so the message is composed here as bytes directly and the returned
+:class:`RenderedMessage` carries them; :mod:`notifications.transport` sends those bytes unless
+the message was changed after rendering (then the standard generator serializes it). The object is a complete
 ``EmailMessage``: headers, ``get_body()``, ``get_content()`` all work — its header list and parts
 are built the first time they are used (a message that is only sent never needs them). The
 templates are rendered once per (kind, language, which values are present) into a skeleton cut
@@ -79,7 +79,7 @@ from urllib.parse import quote, urlsplit
 from jinja2 import Environment, StrictUndefined, Template
 from markupsafe import Markup, escape
 
-from claims.money import AmountError, format_amount, format_rate, parse_amount
+from claims.money import AmountError, format_amount, parse_amount, rate_percent
 from notifications.i18n import LANGUAGES, TEMPLATES_DIR, make_env
 
 EMAIL_TEMPLATES_DIR = TEMPLATES_DIR / "email"
@@ -454,7 +454,7 @@ def _rate_percent(ctx: Mapping[str, Any]) -> str:
         raise RenderError("context value 'rate' is not a number") from None
     if not 0 <= fraction <= 1:
         raise RenderError("context value 'rate' must be between 0 and 1")
-    return format_rate(fraction * 100, 4)
+    return rate_percent(fraction)
 
 
 def _prepare(kind: str, lang: str, context: Mapping[str, Any], public_url: str) -> dict[str, Any]:
@@ -627,7 +627,7 @@ def _pack_html(html: str, limit: int = 900) -> str:
 
     The templates have one element per line for people; a line break and a space are the same
     whitespace to HTML (no ``<pre>`` in emails), so this changes nothing on screen but sends
-    several times fewer lines (SMTP servers read and check a message line by line)."""
+    far fewer lines (SMTP servers read and check a message line by line)."""
     lines = html.split("\n")
     out: list[str] = []
     size = limit + 1

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import Iterable, Literal, Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("restitution.notifications")
@@ -60,14 +60,6 @@ class Result:
     @property
     def delivered(self) -> bool:
         return self.outcome is Outcome.DELIVERED
-
-    @property
-    def temporary(self) -> bool:
-        return self.outcome is Outcome.TEMPORARY
-
-    @property
-    def permanent(self) -> bool:
-        return self.outcome is Outcome.PERMANENT
 
 
 class Transport(Protocol):
@@ -661,13 +653,3 @@ def transport_from_settings(smtp_url: str | None, maildir: str | os.PathLike[str
         return SmtpTransport(smtp_url, **options)  # type: ignore[arg-type]
     return MaildirTransport(maildir, **options)  # type: ignore[arg-type]
 
-
-def send_concurrently(
-    transport: Transport, batches: Iterable[Sequence[EmailMessage]], *, workers: int = 4
-) -> list[list[Result]]:
-    """Send several batches at once (SMTP: one connection each), results in batch order."""
-    batches = list(batches)
-    if workers <= 1 or len(batches) <= 1:
-        return [transport.send_many(b) for b in batches]
-    with ThreadPoolExecutor(min(workers, len(batches)), thread_name_prefix="notify") as pool:
-        return list(pool.map(transport.send_many, batches))

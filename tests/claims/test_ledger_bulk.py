@@ -1,9 +1,9 @@
-"""The ledger import's bulk paths (claims/ledger.py) agree with its row rules.
+"""The ledger import's bulk paths (claims/ledger/) agree with its row rules.
 
 The import checks the usual spellings inline (amounts, times, tx hashes), builds the accounts,
 identity match keys and insiders from the rows that start a run of equal identity values, and
 numbers identical rows only when some row was not added. Here every stored value is compared
-with what the documented per-cell rules (``_Rules.check_*``, the slow path) give for each row,
+with what the documented per-cell rules (``Rules.check_*``, the slow path) give for each row,
 on files mixing the usual and the unusual spellings, interleaved accounts and identical rows.
 """
 
@@ -23,6 +23,7 @@ from claims.audit import Actor
 from claims.cases import create_case
 from claims.db import session_scope
 from claims.errors import LedgerImportError
+from claims.ledger.rules import Rules
 from claims.money import parse_amount
 from claims.settings import get_settings
 
@@ -81,7 +82,7 @@ def mixed_rows(seed: int, n: int) -> list[list[str]]:
 
 def expected(rows: list[list[str]], header: list[str] = HEADER) -> dict:
     """What the documented rules store, row by row (no fast path, no bulk SQL)."""
-    rules = ledger._Rules(get_settings().pii_key)
+    rules = Rules(get_settings().pii_key)
     col = {name: i for i, name in enumerate(header)}
     entries, idents, totals, insiders = [], set(), {}, set()
     seen: Counter = Counter()
@@ -249,7 +250,7 @@ def test_amounts_and_times_agree_with_the_rules_or_fail_with_their_words(
     rows = [[f"H{i}", "deposit", amounts[i % len(amounts)], times[i % len(times)]]
             for i in range(n)]
     header = HEADER[:4]
-    rules = ledger._Rules(get_settings().pii_key)
+    rules = Rules(get_settings().pii_key)
     bad = []
     for i, row in enumerate(rows):
         problems = []

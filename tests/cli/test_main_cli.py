@@ -1,5 +1,5 @@
 """The `restitution` root command: every command listed in its fixed order, each command's
-module imported only when that command runs (CONTRACT.md "CLI"; issue 2, item 8)."""
+module imported only when that command runs (docs/operations.md; issue 2, item 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operator commands: `cases`, `ledger`, `blocked`, `audit verify` (CONTRACT.md "CLI")."""
+"""Operator commands: `cases`, `ledger`, `blocked`, `audit verify` (docs/operations.md)."""
 
 from __future__ import annotations
 

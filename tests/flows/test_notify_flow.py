@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 from pathlib import Path
-from types import SimpleNamespace
 
 from sqlalchemy import func, select
 from sqlmodel import Session
@@ -18,8 +17,8 @@ def test_the_flow_delivers_in_tasks_of_several_batches_and_stops(engine, db_url,
     import flows.notify as notify
 
     with Session(engine) as s:
-        outbox.enqueue_many(s, [
-            (SimpleNamespace(id=None, reference=f"KZR-FLOW-{i:04d}", language="ru", email=f"v{i}@example.kz"),
+        outbox.enqueue_batch(s, [
+            (outbox.Recipient(None, f"KZR-FLOW-{i:04d}", "ru", f"v{i}@example.kz"),
              "token_reset" if i % 5 == 0 else "received", {"access_token": f"tok-{i}"} if i % 5 == 0 else {}, None)
             for i in range(23)
         ])

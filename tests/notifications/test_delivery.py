@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email
-from types import SimpleNamespace
 
 from sqlalchemy import select, update
 from sqlmodel import Session
@@ -20,9 +19,9 @@ from notifications.delivery import claim_batch, deliver_pending
 
 def _queue(engine, emails: list[str], kind: str = "received", language: str = "ru") -> None:
     with Session(engine) as s:
-        items = [(SimpleNamespace(id=None, reference=f"KZR-AAAA-{i:04d}", language=language,
-                                  email=addr), kind, {}, None) for i, addr in enumerate(emails)]
-        outbox.enqueue_many(s, items)
+        items = [(outbox.Recipient(None, f"KZR-AAAA-{i:04d}", language, addr), kind, {}, None)
+                 for i, addr in enumerate(emails)]
+        outbox.enqueue_batch(s, items)
         s.commit()
 
 
@@ -125,13 +124,13 @@ def _queue_secrets(engine, emails: list[str]) -> None:
     with Session(engine) as s:
         items = []
         for i, addr in enumerate(emails):
-            claim = SimpleNamespace(id=None, reference=f"KZR-SECR-{i:04d}", language="en", email=addr)
+            claim = outbox.Recipient(None, f"KZR-SECR-{i:04d}", "en", addr)
             items.append((claim, "token_reset", {"name": "Aigerim", "access_token": f"tok-secret-{i}"}, None))
             items.append((claim, "address_change_requested",
                           {"code": f"98765{i}", "payout_network": "tron",
                            "payout_address": "TJRabPrwbZy45sbavfcjinPJC18kjpRTv8", "expires_minutes": 15},
                           None))
-        outbox.enqueue_many(s, items)
+        outbox.enqueue_batch(s, items)
         s.commit()
 
 
@@ -271,7 +270,7 @@ def test_a_helper_that_dies_leaves_its_claim_to_a_later_run(engine, tmp_path, mo
 
     dropped = []
     monkeypatch.setattr(delivery, "_helpers", lambda n: DeadPool())
-    monkeypatch.setattr(delivery, "_drop_helpers", lambda: dropped.append(True))
+    monkeypatch.setattr(delivery, "stop_helpers", lambda: dropped.append(True))
     settings = _settings(None, tmp_path / "mail")
     rep = deliver_pending(engine, settings=settings, batch_size=4, workers=2)
     assert (rep.sent, rep.failed) == (7, 0) and dropped == [True]

@@ -7,6 +7,7 @@ import email.policy
 import logging
 import mailbox
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from notifications.transport import (
     mask_address,
     parse_smtp_url,
     scrub,
-    send_concurrently,
     transport_from_settings,
 )
 
@@ -157,7 +157,7 @@ def test_smtps_delivers(smtp_server, tls) -> None:  # noqa: ANN001
 def test_smtps_refuses_an_unverified_certificate(smtp_server, tls) -> None:  # noqa: ANN001
     server = smtp_server("smtps", tls=tls)
     results = SmtpTransport(f"smtps://127.0.0.1:{server.port}", timeout=5).send_many([message(11)])
-    assert results[0].temporary and "TLS" in results[0].reason
+    assert results[0].outcome is Outcome.TEMPORARY and "TLS" in results[0].reason
     assert server.envelopes == []
 
 
@@ -179,7 +179,7 @@ def test_starttls_with_authentication(smtp_server, tls) -> None:  # noqa: ANN001
 def test_starttls_required_by_the_server_but_not_used(smtp_server, tls) -> None:  # noqa: ANN001
     server = smtp_server("starttls", tls=tls)
     results = SmtpTransport(f"smtp://127.0.0.1:{server.port}", timeout=5).send_many([message(30)])
-    assert results[0].temporary and results[0].reason
+    assert results[0].outcome is Outcome.TEMPORARY and results[0].reason
     assert server.envelopes == []
 
 
@@ -227,7 +227,7 @@ def test_a_refused_message_is_permanent(smtp_server) -> None:  # noqa: ANN001
     server = smtp_server()
     msgs = [message(50, lang="en", kind="needs_info", request="REFUSE-DATA please"), message(51)]
     results = SmtpTransport(f"smtp://127.0.0.1:{server.port}", timeout=5).send_many(msgs)
-    assert results[0].permanent and results[0].reason.startswith("message refused: 554")
+    assert results[0].outcome is Outcome.PERMANENT and results[0].reason.startswith("message refused: 554")
     assert results[1].delivered and len(server.envelopes) == 1
 
 
@@ -239,12 +239,12 @@ def test_a_refused_sender_is_temporary_and_421_reconnects(smtp_server) -> None: 
         to="victim@example.kz", notification_id=55,
     )
     results = SmtpTransport(url, timeout=5).send_many([blocked, message(56)])
-    assert results[0].temporary and results[0].reason.startswith("sender refused: 550")
+    assert results[0].outcome is Outcome.TEMPORARY and results[0].reason.startswith("sender refused: 550")
     assert results[1].delivered
 
     closing = message(57, lang="en", kind="needs_info", request="CLOSE-421 now")
     results = SmtpTransport(url, timeout=5).send_many([closing, message(58)])
-    assert results[0].temporary and "421" in results[0].reason
+    assert results[0].outcome is Outcome.TEMPORARY and "421" in results[0].reason
     assert results[1].delivered
     assert [parse(e.content)["Message-ID"] for e in server.envelopes] == [
         "<notification-56@restitution.example.kz>",
@@ -287,7 +287,9 @@ def test_concurrent_batches_use_parallel_connections(smtp_server) -> None:  # no
     server = smtp_server()
     transport = SmtpTransport(f"smtp://127.0.0.1:{server.port}", timeout=5)
     batches = [[message(100 + 10 * b + i, f"v{b}{i}@example.kz") for i in range(5)] for b in range(4)]
-    results = send_concurrently(transport, batches, workers=4)
+    # One transport, several threads: each send_many opens its own connection.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(transport.send_many, batches))
     assert [[r.outcome for r in rs] for rs in results] == [[Outcome.DELIVERED] * 5] * 4
     assert sorted(e.rcpt_tos[0] for e in server.envelopes) == sorted(f"v{b}{i}@example.kz" for b in range(4) for i in range(5))
 
@@ -342,12 +344,12 @@ def test_maildir_refuses_malformed_recipients_and_reports_write_failures(tmp_pat
     path = tmp_path / "mail"
     transport = MaildirTransport(path, sync="none")
     results = transport.send_many([message(300, "not-an-address"), message(301)])
-    assert results[0].permanent and "malformed recipient address" in results[0].reason
+    assert results[0].outcome is Outcome.PERMANENT and "malformed recipient address" in results[0].reason
     assert results[1].delivered
     assert len(list((path / "new").iterdir())) == 1
 
     (path / "new").rename(tmp_path / "elsewhere")
     (path / "new").write_text("not a directory")
     results = transport.send_many([message(302)])
-    assert results[0].temporary and "cannot write to the Maildir" in results[0].reason
+    assert results[0].outcome is Outcome.TEMPORARY and "cannot write to the Maildir" in results[0].reason
     assert list((path / "tmp").iterdir()) == []
