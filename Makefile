@@ -36,7 +36,7 @@ translations: setup
 migration: setup
 	$(BIN)/python migrations/regenerate.py
 
-# Rebuild claims/rails/evm_artifacts.json (ABI + bytecode) from contracts/*.sol with solc-js from npm.
+# Rebuild claims/payouts/rails/evm_artifacts.json (ABI + bytecode) from contracts/*.sol with solc-js from npm.
 contracts:
 	cd contracts && npm ci --no-audit --no-fund && node build.js
 

@@ -23,7 +23,7 @@ database, Maildir), through the domain functions directly (no HTTP):
  5. round prepare (545,000 USDT) + approval by a second caseworker (``claims.rounds``)
  6. release                     ``claims.payouts.release_round`` (finance)
  7. execute payouts             ``claims.payouts.execute_round`` (custodian export)
- 8. custodian                   ``claims.rails.custodian.instructions`` + ``import_confirmations``
+ 8. custodian                   ``claims.payouts.rails.custodian`` + ``import_confirmations``
                                 (the bench plays the custodian: every transfer confirmed)
  9. notifications               ``notifications.delivery.deliver_pending`` into the Maildir
 
@@ -219,7 +219,7 @@ def custodian_round_trip(engine, round_id: int, finance, workdir: Path) -> dict:
     """As ``restitution payouts instructions`` and ``payouts confirm`` do it: the export
     committed, the instructions streamed into a file, the custodian's file imported."""
     from claims.db import session_scope
-    from claims.rails import custodian
+    from claims.payouts.rails import custodian
 
     with session_scope(engine) as s:
         rid = custodian.prepare_instructions(s, round_id, actor=finance)

@@ -29,7 +29,7 @@ class AmountError(ValueError):
 def parse_amount(text: object, *, allow_zero: bool = True) -> int:
     """Parse a USDT decimal string into micro-USDT.
 
-    Accepts exactly CONTRACT's form: digits, no leading zeros, an optional point and one to
+    Accepts exactly the documented form (docs/api.md): digits, no leading zeros, an optional point and one to
     six decimals. Refuses JSON numbers (anything not a ``str``), signs, exponents, grouping,
     whitespace and a seventh decimal, each with its own message.
     """

@@ -377,7 +377,7 @@ def _release(http, code: str, round_id, finance: dict, console) -> dict:
 def _custodian_round_trip(http, demo: _Demo, round_id, finance: dict) -> dict:
     """The custodian rail: the instructions fetched, the custodian played, its confirmations
     imported and the round reconciled; returns the import's answer."""
-    from claims.rails import custodian
+    from claims.payouts.rails import custodian
 
     instructions = _check(http.get(f"/api/v1/rounds/{round_id}/payouts/instructions.csv",
                                    headers=finance), 200).text

@@ -1,5 +1,5 @@
 // Compile the payout rail's contracts with solc-js (npm `solc`, pinned in package.json) and write
-// ../claims/rails/evm_artifacts.json: ABI + creation bytecode of each contract, the compiler
+// ../claims/payouts/rails/evm_artifacts.json: ABI + creation bytecode of each contract, the compiler
 // version and settings, and the sha256 of each source (a test checks they match the sources).
 // Usage: cd contracts && npm ci && node build.js
 'use strict';
@@ -11,7 +11,7 @@ const solc = require('solc');
 const SOURCES = ['TestUSDT.sol', 'Disperse.sol'];
 // py-evm (eth-tester) runs Prague; mainnet and most EVM chains accept Shanghai code (PUSH0).
 const EVM_VERSION = 'shanghai';
-const OUT = path.join(__dirname, '..', 'claims', 'rails', 'evm_artifacts.json');
+const OUT = path.join(__dirname, '..', 'claims', 'payouts', 'rails', 'evm_artifacts.json');
 
 // viaIR: about 40% fewer EVM steps per payout than the legacy pipeline (py-evm runs each step
 // in Python, so this is most of the in-process chain's cost per payout).

@@ -35,7 +35,3 @@ __all__ = [
     "mark_insider",
     "run_import",
 ]
-
-# Transitional: tests/claims/test_gc_pause.py looks for the collector pause on this name; it
-# goes when that test names ``run_import``.
-_import = run_import

@@ -44,4 +44,4 @@ def test_bulk_stages_run_without_the_collector():
     stage()
     assert seen == [False, False] and gc.isenabled()
     # the bulk entry points are wrapped the same way
-    assert ledger._import.__wrapped__ and intake.import_rows.__wrapped__
+    assert ledger.run_import.__wrapped__ and intake.import_rows.__wrapped__

@@ -1,7 +1,7 @@
 """Finance's pages (the auditor reads them): the rounds to pay, one round's payouts by state
 (refreshing itself while payouts run) with hold / resume / retry, mismatches, the
 custodian's files and reconciliation, and the release with its confirmation step
-(:mod:`claims.payouts`, :mod:`claims.rails.custodian`)."""
+(:mod:`claims.payouts`, :mod:`claims.payouts.rails.custodian`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from claims import console, idempotency, payouts, rounds
 from claims.db import get_engine, session_scope
 from claims.errors import DomainError, InvalidInput, NotFound
 from claims.models import PayoutState
-from claims.rails import custodian
+from claims.payouts.rails import custodian
 
 router = APIRouter(include_in_schema=False)
 
