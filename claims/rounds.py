@@ -70,7 +70,6 @@ from claims.allocation import (
     PRO_RATA,
     allocate_columns,
     base_and_already,
-    net_loss,
     plan_summary,
     settle_share,
 )
@@ -99,7 +98,7 @@ from claims.models import (
     StaffUser,
     utcnow,
 )
-from claims.money import MAX_MICRO, format_amount, format_rate
+from claims.money import MAX_MICRO, format_amount, format_rate, net_loss
 
 R = RoundStatus
 

@@ -1,6 +1,7 @@
-"""Distribution rounds through the database (claims/rounds.py): DESIGN's worked examples to the
-micro-USDT, catch-up with a dispute settled, four eyes, snapshots going stale, re-preparation,
-the money invariant on every round, the round CSV. SQLite always; PostgreSQL when configured.
+"""Distribution rounds through the database (claims/rounds/): docs/allocation.md's worked
+examples to the micro-USDT, catch-up with a dispute settled, four eyes, snapshots going stale,
+re-preparation, the money invariant on every round, the round CSV. SQLite always; PostgreSQL
+when configured.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def cw(w):
     return w.staff("caseworker"), w.staff("caseworker")
 
 
-# ------------------------------------------------------------------ DESIGN's worked examples
+# ------------------------------------------------------------------ docs/allocation.md's worked examples
 
 
 def _abcd(w, code):

@@ -22,7 +22,7 @@ PW = "twelve chars or more"
 
 
 def seed(engine, code):
-    """A 1000, B 600 approved; C 400 disputed (DESIGN's catch-up example, round 1)."""
+    """A 1000, B 600 approved; C 400 disputed (docs/allocation.md's catch-up example, round 1)."""
     now = utcnow()
     refs = []
     with session_scope(engine) as s:
