@@ -141,15 +141,14 @@ def plan_rows(result: AllocationResult) -> Iterator[dict[str, str]]:
     ``excluded`` is ``net_winner``, ``de_minimis`` or empty.
     """
     fmt = format_amount
-    ex = result.excluded_indices
-    for i, (cid, loss, al, rs) in enumerate(zip(result.claim_ids, result.net_losses,
-                                                result.allocations, result.reserves)):
+    for cid, loss, al, rs, ex in zip(result.claim_ids, result.net_losses, result.allocations,
+                                     result.reserves, result.exclusions()):
         yield {
             "claim_id": cid,
             "net_loss": fmt(loss),
             "allocation": fmt(al),
             "reserved": fmt(rs),
-            "excluded": "net_winner" if loss == 0 else ("de_minimis" if i in ex else ""),
+            "excluded": ex or "",
         }
 
 

@@ -144,6 +144,16 @@ class AllocationResult:
         """Input positions of the claims removed by the de minimis rule."""
         return self._excluded
 
+    def exclusions(self) -> list[str | None]:
+        """Why each claim (input order) is out of the plan: ``"net_winner"`` (no net loss),
+        ``"de_minimis"`` (removed by the minimum payout) or ``None`` (in the plan)."""
+        loss = self._loss
+        out: list[str | None] = [None if l_ else "net_winner" for l_ in loss]
+        for i in self._excluded:  # removed claims were given nothing (loss > 0)
+            if loss[i]:
+                out[i] = "de_minimis"
+        return out
+
     @property
     def allocations(self) -> list[int]:
         """Paid amounts in input order (0 for disputed claims)."""
