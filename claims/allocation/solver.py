@@ -50,7 +50,7 @@ def allocate(
     """
     check_method(method)
     with gc_paused():
-        check_pool(pool, min_payout)
+        _check_pool(pool, min_payout)
         claims = claims if isinstance(claims, (list, tuple)) else list(claims)
         return allocate_columns(
             list(map(attrgetter("claim_id"), claims)),
@@ -80,7 +80,7 @@ def allocate_columns(
     change them afterwards)."""
     check_method(method)
     with gc_paused():
-        check_pool(pool, min_payout)
+        _check_pool(pool, min_payout)
         n = len(ids)
         pb = [0] * n if paid_before is None else paid_before
         dis = [False] * n if disputed is None else disputed
@@ -88,7 +88,7 @@ def allocate_columns(
             raise ValueError("columns of different lengths")
         _validate(ids, invested, withdrawn, pb, unique_ids)
         loss, base, already = term_columns(method, invested, withdrawn, pb)
-        share, N, D, excluded = solve(ids, base, already, pool, min_payout)
+        share, N, D, excluded = _solve(ids, base, already, pool, min_payout)
         if any(dis):
             reserve = list(map(mul, share, map(bool, dis)))  # share · True / share · False
             alloc = list(map(sub, share, reserve))
@@ -101,7 +101,7 @@ def allocate_columns(
         )
 
 
-def check_pool(pool: int, min_payout: int) -> None:
+def _check_pool(pool: int, min_payout: int) -> None:
     """``TypeError`` / ``ValueError`` unless both are non-negative ints of micro-USDT."""
     for name, value in (("pool", pool), ("min_payout", min_payout)):
         if type(value) is not int:
@@ -132,7 +132,7 @@ def _validate(ids: list, inv: list[int], wd: list[int], pb: list[int], unique_id
         raise ValueError(f"duplicate claim_id {dup!r}")
 
 
-def solve(
+def _solve(
     ids: list[str], base: list[int], already: list[int], pool: int, min_payout: int
 ) -> tuple[list[int], int, int, set[int]]:
     """Return (rounded share per claim in input order, rate numerator, denominator, excluded

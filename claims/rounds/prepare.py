@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice, repeat
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlmodel import Session
@@ -80,10 +79,10 @@ def claim_amounts(invested: int | None, withdrawn: int | None,
     kept and ``invested = withdrawn + recognized_loss`` (what :mod:`claims.review` writes on an
     override or a settlement)."""
     wd = withdrawn or 0
-    return plan_invested(invested, wd, recognized_loss), wd
+    return _plan_invested(invested, wd, recognized_loss), wd
 
 
-def plan_invested(invested: int | None, withdrawn: int, recognized_loss: int | None) -> int:
+def _plan_invested(invested: int | None, withdrawn: int, recognized_loss: int | None) -> int:
     """The ``invested`` of :func:`claim_amounts` (``withdrawn`` an int already)."""
     if recognized_loss is None:
         return invested or 0
@@ -105,7 +104,7 @@ def paid_before(session: Session, case_id: int) -> dict[int, int]:
 
 
 @dataclass
-class CaseClaims:
+class _CaseClaims:
     """A case's payable claims in id order, as columns (one list per column, no row object
     per claim), with the amounts the plan sees (:func:`claim_amounts`) and what earlier rounds
     paid."""
@@ -122,7 +121,7 @@ class CaseClaims:
         return len(self.ids)
 
 
-def case_claims(session: Session, case_id: int) -> CaseClaims:
+def _case_claims(session: Session, case_id: int) -> _CaseClaims:
     """The case's payable claims (``approved`` and ``disputed``) in id order, as columns (read
     in chunks in the session's transaction), with :func:`paid_before`."""
     if session.autoflush:
@@ -139,17 +138,17 @@ def case_claims(session: Session, case_id: int) -> CaseClaims:
             col.extend(values)
     ids, refs, sts, versions, inv_raw, wd_raw, recognized = cols
     wd = [w or 0 for w in wd_raw]
-    inv = list(map(plan_invested, inv_raw, wd, recognized))
+    inv = list(map(_plan_invested, inv_raw, wd, recognized))
     paid = paid_before(session, case_id)
     pb = [paid.get(c, 0) for c in ids] if paid else [0] * len(ids)
-    return CaseClaims(ids, refs, sts, versions, inv, wd, pb)
+    return _CaseClaims(ids, refs, sts, versions, inv, wd, pb)
 
 
-def solve_case(session: Session, case: Case, pool: int, method: str,
-               min_payout: int) -> tuple[CaseClaims, AllocationResult]:
+def _solve_case(session: Session, case: Case, pool: int, method: str,
+                min_payout: int) -> tuple[_CaseClaims, AllocationResult]:
     """The plan over the case's payable claims now: (the claims, the plan). Nothing is
     written."""
-    claims = case_claims(session, case.id)
+    claims = _case_claims(session, case.id)
     if not claims:
         raise Conflict(f"case {case.code} has no approved or disputed claim to distribute to")
     disputed = ClaimStatus.disputed.value
@@ -170,7 +169,7 @@ def preview_round(session: Session, case_code: str, pool: int, method: str = PRO
     nothing is written."""
     validate_request(pool, method, min_payout)
     case = get_case_by_code(session, case_code)
-    claims, result = solve_case(session, case, pool, method, min_payout)
+    claims, result = _solve_case(session, case, pool, method, min_payout)
     return {**plan_summary(result), "rate_percent": rate_percent(result.rate),
             "claims": len(claims), "net_winners": result.net_winner_count,
             "de_minimis": result.excluded_count,
@@ -200,7 +199,7 @@ def prepare_round(
     case = get_case_by_code(session, case_code, for_update=True)
     superseded = _supersede_prepared(session, case.id)
     number = _next_number(session, case.id)
-    claims, result = solve_case(session, case, pool, method, min_payout)
+    claims, result = _solve_case(session, case, pool, method, min_payout)
     rnd = _store_round(session, case, number, result, len(claims), actor)
     _store_allocations(session, rnd, claims, result, batch_size)
     audit.record_batch(session, [
@@ -300,7 +299,7 @@ def _store_round(session: Session, case: Case, number: int, result: AllocationRe
     return rnd
 
 
-def _store_allocations(session: Session, rnd: DistributionRound, claims: CaseClaims,
+def _store_allocations(session: Session, rnd: DistributionRound, claims: _CaseClaims,
                        result: AllocationResult, batch_size: int) -> None:
     """One allocation row per payable claim (net winners and de minimis removals marked),
     ``batch_size`` rows per bulk insert."""
