@@ -42,12 +42,10 @@ from claims.allocation.terms import (
     RISING_TIDE,
     base_and_already,
     settle_share,
-    term_columns,
 )
 
 __all__ = [
     "METHODS", "PLAN_COLUMNS", "PRO_RATA", "RISING_TIDE", "AllocationResult", "ClaimInput",
     "ClaimShare", "PlanInputError", "allocate", "allocate_columns", "base_and_already",
-    "plan_rows", "plan_summary", "read_plan_csv", "settle_share", "term_columns",
-    "write_plan_csv",
+    "plan_rows", "plan_summary", "read_plan_csv", "settle_share", "write_plan_csv",
 ]
