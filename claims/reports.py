@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from claims import rounds
 from claims.models import Allocation, Case, Claim, ClaimStatus, DistributionRound
-from claims.money import format_amount, format_rate, percent
+from claims.money import format_amount, format_rate, parse_rate, percent, rate_percent
 
 #: The histogram's buckets: 0–10 %, …, 90–100 % (upper bound excluded), then exactly 100 %.
 BUCKET_LABELS = tuple(f"{10 * k}–{10 * (k + 1)}%" for k in range(10)) + ("100%",)
@@ -210,13 +210,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 
 def _public_round(rnd: DistributionRound) -> dict[str, Any]:
-    rate = rounds.rate_of(rnd)
+    rate = parse_rate(rnd.rate)
     return {
         "number": rnd.number,
         "status": rnd.status,
         "method": rnd.method,
         "rate": format_rate(rate),
-        "rate_percent": rounds.rate_percent(rate),
+        "rate_percent": rate_percent(rate),
         "pool": format_amount(rnd.pool),
         "allocated": format_amount(rnd.allocated),
         "reserved": format_amount(rnd.reserved),

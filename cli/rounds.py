@@ -9,7 +9,7 @@
 
 ``prepare`` runs the Prefect flow ``prepare-round`` (flows/rounds.py: bulk writes, a table and
 a markdown artifact); without ``PREFECT_API_URL`` Prefect starts a temporary local server for
-the run (≈ 10–20 s once per command); ``--direct`` does the same work without Prefect.
+the run (once per command); ``--direct`` does the same work without Prefect.
 ``prepare`` and ``approve`` act ``--as`` a caseworker (password from ``RESTITUTION_PASSWORD``
 or standard input); ``approve`` needs another caseworker than the preparer. Reading commands
 (``show``, ``list``, ``csv``) run with the operator's database access.
@@ -30,8 +30,6 @@ import typer
 from cli.common import EXIT_USAGE, domain_errors, fail, print_json
 
 rounds_app = typer.Typer(help="Distribution rounds: prepare, approve, read.", no_args_is_help=True)
-
-_METHODS = ("pro-rata", "rising-tide")
 
 
 def _amount(value: str, option: str) -> int:
@@ -63,7 +61,7 @@ def prepare(
     code: str = typer.Argument(..., help="the case CODE"),
     pool: str = typer.Option(..., "--pool", metavar="AMOUNT", help="USDT to distribute"),
     method: str = typer.Option("pro-rata", "--method", metavar="pro-rata|rising-tide",
-                               help="allocation method (DESIGN.md)"),
+                               help="allocation method (docs/allocation.md)"),
     min_payout: str = typer.Option("0", "--min-payout", metavar="AMOUNT",
                                    help="de minimis: no payout below this"),
     as_name: str = typer.Option(..., "--as", metavar="NAME", help="the caseworker preparing it"),
@@ -71,12 +69,14 @@ def prepare(
     direct: bool = typer.Option(False, "--direct", help="run without Prefect"),
 ) -> None:
     """Prepare a round over the case's approved claims (disputed ones reserved)."""
+    from claims.allocation import METHODS
+
     pool_micro = _amount(pool, "--pool")
     min_micro = _amount(min_payout, "--min-payout")
     if pool_micro == 0:
         fail("--pool must be greater than 0", EXIT_USAGE)
-    if method not in _METHODS:
-        fail(f"--method must be {' or '.join(_METHODS)}, not {method!r}", EXIT_USAGE)
+    if method not in METHODS:
+        fail(f"--method must be {' or '.join(METHODS)}, not {method!r}", EXIT_USAGE)
     from cli.common import sign_in_as
 
     actor = sign_in_as(as_name, "caseworker")
@@ -87,20 +87,12 @@ def prepare(
     with domain_errors():
         with session_scope(write=False) as s:
             get_case_by_code(s, code)
-        kwargs = dict(actor_name=actor.name, actor_role=actor.role, actor_staff_id=actor.staff_id)
         if direct:
             run = rounds.prepare_round_committed
         else:
-            from flows import configure_prefect
-
-            configure_prefect()
-            from flows.common import no_heartbeat
-            from flows.rounds import prepare_round_flow
-
-            def run(*args, **kw):
-                with no_heartbeat():
-                    return prepare_round_flow(*args, **kw)
-        round_id = run(code, pool_micro, method, min_micro, **kwargs)
+            from flows.rounds import prepare_round_waited as run
+        round_id = run(code, pool_micro, method, min_micro, actor_name=actor.name,
+                       actor_role=actor.role, actor_staff_id=actor.staff_id)
         with session_scope(write=False) as s:
             v = rounds.get_round_view(s, round_id)
     _print_round(v, as_json)

@@ -4,8 +4,8 @@ The rules are :func:`claims.rounds.prepare_round`'s; this module only orchestrat
 
 1. task ``prepare-round-solve`` — one transaction: the case's payable claims loaded in one
    query, solved exactly, the round and its allocation rows written in bulk batches (a round
-   is all or nothing, so it is one task, not one per batch: a Prefect task run per claim
-   batch would only add ≈ 10 ms each and split a transaction that must stay whole);
+   is all or nothing, so it is one task, not one per batch: a task run per claim batch would
+   only split a transaction that must stay whole);
 2. task ``prepare-round-report`` — the round report (:func:`claims.reports.round_report`:
    totals, counts, recovery histogram, the largest allocations);
 3. two artifacts for whoever watches the Prefect UI: a table (``round-CODE-N``: the largest
@@ -15,8 +15,9 @@ The rules are :func:`claims.rounds.prepare_round`'s; this module only orchestrat
 
 Amounts travel as decimal strings (``"545000"``) or ints of micro-USDT; the acting staff
 member as name, role and id (the audit trail's actor). Domain refusals (role, input, case)
-propagate unchanged to the caller. :func:`prepare_round_direct` is the same work without
-Prefect (tests, ``restitution rounds prepare --direct``).
+propagate unchanged to the caller. :func:`prepare_round_waited` runs the flow for a caller
+in this process that waits for it (the API, the CLI); :func:`prepare_round_direct` is the same
+work without Prefect (tests, ``restitution rounds prepare --direct``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from claims import reports, rounds  # noqa: E402
+from claims.allocation import PRO_RATA  # noqa: E402
 from claims.db import get_engine, session_scope  # noqa: E402
 from claims.errors import InvalidInput  # noqa: E402
 from claims.money import AmountError, parse_amount  # noqa: E402
 
-__all__ = ["prepare_round_direct", "prepare_round_flow", "publish_round_artifacts"]
+__all__ = ["prepare_round_direct", "prepare_round_flow", "prepare_round_waited",
+           "publish_round_artifacts"]
 
 log = logging.getLogger("restitution.flows.rounds")
 
@@ -55,7 +58,7 @@ def _micro(value: int | str, field: str) -> int:
 def prepare_round_direct(
     case_code: str,
     pool: int | str,
-    method: str = "pro-rata",
+    method: str = PRO_RATA,
     min_payout: int | str = 0,
     *,
     actor_name: str,
@@ -111,7 +114,7 @@ def publish_round_artifacts(report: dict) -> None:
 def prepare_round_flow(
     case_code: str,
     pool: int | str,
-    method: str = "pro-rata",
+    method: str = PRO_RATA,
     min_payout: int | str = 0,
     actor_name: str = "",
     actor_role: str = "",
@@ -123,3 +126,23 @@ def prepare_round_flow(
                                   actor_staff_id)
     publish_round_artifacts(round_report_task(round_id))
     return round_id
+
+
+def prepare_round_waited(
+    case_code: str,
+    pool: int | str,
+    method: str = PRO_RATA,
+    min_payout: int | str = 0,
+    *,
+    actor_name: str,
+    actor_role: str,
+    actor_staff_id: int | None,
+) -> int:
+    """:func:`prepare_round_flow` run in this process for a caller that waits for it (an API
+    request, a CLI command): without heartbeats (:func:`flows.common.no_heartbeat`). Returns
+    the round id."""
+    from flows.common import no_heartbeat
+
+    with no_heartbeat():
+        return prepare_round_flow(case_code, pool, method, min_payout, actor_name=actor_name,
+                                  actor_role=actor_role, actor_staff_id=actor_staff_id)

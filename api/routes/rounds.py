@@ -1,10 +1,10 @@
-"""Distribution rounds (CONTRACT.md "Staff"): prepare, approve, read, plan.csv.
+"""Distribution rounds (docs/api.md, "Rounds"): prepare, approve, read, plan.csv.
 
 - ``POST /api/v1/cases/{code}/rounds`` (caseworker) prepares a round through the Prefect flow
   ``prepare-round`` (:mod:`flows.rounds`: stored in bulk, a table and a markdown artifact)
   and answers 201 with the round. The handler holds no write transaction while the flow runs
   (the flow writes in its own). :data:`PREPARE` is the function called; tests swap in
-  :func:`flows.rounds.prepare_round_direct` to skip the Prefect server.
+  :func:`claims.rounds.prepare_round_committed` to skip the Prefect server.
 - ``POST /api/v1/rounds/{id}/approve`` — a caseworker other than the preparer (the preparer
   or another role → 403; a stale round → 409, and a round found stale by the snapshot check
   stays marked stale).
@@ -26,40 +26,36 @@ from api.auth import Caseworker, StaffReader, staff_router
 from api.deps import ReadSessionDep, SessionDep
 from api.problems import problems
 from claims import rounds
+from claims.allocation import METHODS, PRO_RATA
 from claims.cases import get_case_by_code
 from claims.db import session_scope
-from claims.money import AmountError, parse_amount
+from claims.money import AMOUNT_PATTERN, AmountError, parse_amount
 
 router = staff_router(tags=["rounds"])
 
-AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"
+
+def prepare_through_flow(case_code: str, pool: int, method: str, min_payout: int, *,
+                         actor_name: str, actor_role: str, actor_staff_id: int | None) -> int:
+    """The round prepared by the ``prepare-round`` flow, run here (the request waits)."""
+    from flows.rounds import prepare_round_waited
+
+    return prepare_round_waited(case_code, pool, method, min_payout, actor_name=actor_name,
+                                actor_role=actor_role, actor_staff_id=actor_staff_id)
 
 
-def _prepare_through_flow(case_code: str, pool: int, method: str, min_payout: int, *,
-                          actor_name: str, actor_role: str, actor_staff_id: int | None) -> int:
-    from flows import configure_prefect
-
-    configure_prefect()
-    from flows.common import no_heartbeat
-    from flows.rounds import prepare_round_flow
-
-    with no_heartbeat():  # the request waits for it
-        return prepare_round_flow(case_code, pool, method, min_payout, actor_name=actor_name,
-                                  actor_role=actor_role, actor_staff_id=actor_staff_id)
-
-
-#: What prepares a round: the Prefect flow (tests may use flows.rounds.prepare_round_direct).
-PREPARE = _prepare_through_flow
+#: What prepares a round: the Prefect flow (tests may use
+#: claims.rounds.prepare_round_committed).
+PREPARE = prepare_through_flow
 
 
 # ------------------------------------------------------------------ models
 
 
-def _amount(value: object) -> object:
+def _amount(value: object, *, allow_zero: bool = True) -> object:
     if value is None:
         raise ValueError("is required")
     try:
-        parse_amount(value)
+        parse_amount(value, allow_zero=allow_zero)
     except AmountError as exc:
         raise ValueError(str(exc)) from None
     return value
@@ -68,22 +64,22 @@ def _amount(value: object) -> object:
 class RoundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pool: str = Field(description="USDT to distribute, e.g. \"545000\"", examples=["545000"])
-    method: Literal["pro-rata", "rising-tide"] = Field(
-        default="pro-rata", description="DESIGN.md, Allocation")
-    min_payout: str = Field(default="0", description="de minimis: no payout below this (USDT)")
+    pool: str = Field(pattern=AMOUNT_PATTERN, description="USDT to distribute, e.g. \"545000\"",
+                      examples=["545000"])
+    method: Literal[METHODS] = Field(  # type: ignore[valid-type]
+        default=PRO_RATA, description="docs/allocation.md")
+    min_payout: str = Field(default="0", pattern=AMOUNT_PATTERN,
+                            description="de minimis: no payout below this (USDT)")
 
-    @field_validator("pool", "min_payout", mode="before")
+    @field_validator("pool", mode="before")
     @classmethod
-    def _amounts(cls, v: object) -> object:
+    def _pool(cls, v: object) -> object:
+        return _amount(v, allow_zero=False)
+
+    @field_validator("min_payout", mode="before")
+    @classmethod
+    def _min_payout(cls, v: object) -> object:
         return _amount(v)
-
-    @field_validator("pool")
-    @classmethod
-    def _positive(cls, v: str) -> str:
-        if parse_amount(v) == 0:
-            raise ValueError("must be greater than 0")
-        return v
 
 
 class RoundOut(BaseModel):

@@ -1,6 +1,6 @@
-"""Rounds over HTTP (api/routes/rounds.py) and the reports (api/pages/reports.py): DESIGN's
-catch-up example end to end, four eyes and roles, validation, stale rounds, plan.csv, the
-staff report page and the public statistics.
+"""Rounds over HTTP (api/routes/rounds.py) and the reports (api/pages/reports.py):
+docs/allocation.md's catch-up example end to end, four eyes and roles, validation, stale rounds,
+plan.csv, the staff report page and the public statistics.
 
 Preparation goes through ``PREPARE``; here it is the same work without the Prefect server
 (``claims.rounds.prepare_round_committed``). The flow path runs in
@@ -47,7 +47,7 @@ def csv_rows(text):
     return list(csv.DictReader(io.StringIO(text)))
 
 
-# ------------------------------------------------------------------ DESIGN's catch-up end to end
+# ------------------------------------------------------------------ docs/allocation.md's catch-up end to end
 
 
 def test_catch_up_example_end_to_end(client, make_staff, filed_claim, engine):

@@ -1,8 +1,9 @@
-"""The distribution-plan solver: DESIGN.md "Allocation" to the micro-USDT.
+"""The distribution-plan solver: docs/allocation.md to the micro-USDT.
 
 The property tests compare the fast solver with a brute-force reference written straight from
-DESIGN's words (every candidate active set tried with Fractions, de minimis re-solved from
-scratch after each removal, rounding by a full sort) and check the invariants the issue names.
+docs/allocation.md's words (every candidate active set tried with Fractions, de minimis
+re-solved from scratch after each removal, rounding by a full sort) and check the invariants
+the issue names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from claims import allocation
+from claims.allocation import deminimis, equation, rounding
 from claims.allocation import (
     PLAN_COLUMNS,
     ClaimInput,
@@ -57,32 +59,32 @@ def assert_balanced(result):
 @contextmanager
 def small_cutoffs():
     """Force the partition and quickselect paths on tiny inputs."""
-    saved = allocation._SORT_CUTOFF, allocation._SELECT_CUTOFF
-    allocation._SORT_CUTOFF, allocation._SELECT_CUTOFF = 1, 1
+    saved = equation.SORT_CUTOFF, rounding.SELECT_CUTOFF
+    equation.SORT_CUTOFF, rounding.SELECT_CUTOFF = 1, 1
     try:
         yield
     finally:
-        allocation._SORT_CUTOFF, allocation._SELECT_CUTOFF = saved
+        equation.SORT_CUTOFF, rounding.SELECT_CUTOFF = saved
 
 
 @contextmanager
 def queue(mode: str):
     """De minimis queue: the kinetic list, the list that gives up at once, or the tournament."""
-    saved = allocation._QUEUE, allocation._LIST_BUDGET, allocation._LIST_BUDGET_BASE
-    allocation._QUEUE = "tournament" if mode == "tournament" else "list"
+    saved = deminimis.QUEUE, deminimis.LIST_BUDGET, deminimis.LIST_BUDGET_BASE
+    deminimis.QUEUE = "tournament" if mode == "tournament" else "list"
     if mode == "list-fallback":
-        allocation._LIST_BUDGET = allocation._LIST_BUDGET_BASE = 0
+        deminimis.LIST_BUDGET = deminimis.LIST_BUDGET_BASE = 0
     try:
         yield
     finally:
-        allocation._QUEUE, allocation._LIST_BUDGET, allocation._LIST_BUDGET_BASE = saved
+        deminimis.QUEUE, deminimis.LIST_BUDGET, deminimis.LIST_BUDGET_BASE = saved
 
 
 QUEUES = ["list", "list-fallback", "tournament"]
 
 
 # --------------------------------------------------------------------------------------------
-# DESIGN's worked examples
+# docs/allocation.md's worked examples
 # --------------------------------------------------------------------------------------------
 
 FOUR = [C("A", 1000 * U, 0), C("B", 1000 * U, 400 * U), C("C", 500 * U, 100 * U), C("D", 300 * U, 450 * U)]
@@ -297,7 +299,7 @@ def test_monotone_in_pool_breaks_by_one_micro_after_rounding():
 
 
 # --------------------------------------------------------------------------------------------
-# Reference implementation (brute force, straight from DESIGN)
+# Reference implementation (brute force, straight from docs/allocation.md)
 # --------------------------------------------------------------------------------------------
 
 
@@ -610,7 +612,7 @@ def test_kinetic_list_insert_breaks_share_ties_by_id():
     # White-box: a claim activated mid-way whose share equals the current smallest one must be
     # placed by claim id (the end-to-end tie is too rare for random search to reach).
     ids, base, already = ["m", "k", "z"], [10, 20, 10], [0, 10, 0]
-    q = allocation._KineticList(ids, base, already, [0, 2], 1, 1)  # rate 1: shares 10, 10
+    q = deminimis.KineticList(ids, base, already, [0, 2], 1, 1)  # rate 1: shares 10, 10
     assert q.best() == 0  # "m" < "z"
     q.insert(1)  # "k": 20·1 − 10 = 10, ties, smallest id
     assert q.best() == 1

@@ -1,6 +1,7 @@
-"""Distribution rounds through the database (claims/rounds.py): DESIGN's worked examples to the
-micro-USDT, catch-up with a dispute settled, four eyes, snapshots going stale, re-preparation,
-the money invariant on every round, the round CSV. SQLite always; PostgreSQL when configured.
+"""Distribution rounds through the database (claims/rounds/): docs/allocation.md's worked
+examples to the micro-USDT, catch-up with a dispute settled, four eyes, snapshots going stale,
+re-preparation, the money invariant on every round, the round CSV. SQLite always; PostgreSQL
+when configured.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from claims.models import (
     StaffUser,
     utcnow,
 )
-from claims.money import format_amount, format_rate, parse_amount
+from claims.money import format_amount, format_rate, parse_amount, parse_rate
 
 U = parse_amount
 _n = itertools.count(1)
@@ -103,9 +104,23 @@ class World:
         with session_scope(self.engine, write=False) as s:
             ids = s.execute(select(DistributionRound.id)).scalars().all()
             for rid in ids:
-                rounds.verify_round(s, rid)
+                assert_round_balances(s, rid)
             assert audit.verify_chain(s).ok
         return len(ids)
+
+
+def assert_round_balances(s, round_id) -> None:
+    """The stored round balances and its allocation rows add up to its totals."""
+    rnd = rounds.get_round(s, round_id)
+    rounds.check_invariant(rnd)
+    sums = s.execute(
+        select(func.coalesce(func.sum(Allocation.amount), 0),
+               func.coalesce(func.sum(Allocation.reserved), 0),
+               func.coalesce(func.sum(Allocation.released), 0),
+               func.count())
+        .where(Allocation.round_id == rnd.id)
+    ).one()
+    assert tuple(map(int, sums)) == (rnd.allocated, rnd.reserved, rnd.released, rnd.claims_count)
 
 
 @pytest.fixture
@@ -119,7 +134,7 @@ def cw(w):
     return w.staff("caseworker"), w.staff("caseworker")
 
 
-# ------------------------------------------------------------------ DESIGN's worked examples
+# ------------------------------------------------------------------ docs/allocation.md's worked examples
 
 
 def _abcd(w, code):
@@ -234,7 +249,7 @@ def test_design_catch_up_with_a_settled_dispute(w, cw, engine):
 
 
 def rate_is(rnd, value: Fraction) -> bool:
-    return rounds.rate_of(rnd) == value
+    return parse_rate(rnd.rate) == value
 
 
 def test_dispute_open_across_two_rounds_settles_in_both(w, cw, engine):
@@ -438,6 +453,15 @@ def test_preparing_again_supersedes_the_prepared_round(w, cw, engine):
     # the next round is number 2; the approved one is not superseded
     r3 = w.prepare(code, "10", actor=cw[0])
     assert w.round(r3).number == 2 and w.round(r2).status == "approved"
+    # the latest rounds of every case, newest first, as view shows them
+    with session_scope(engine, write=False) as s:
+        everyone = rounds.recent_rounds(s)
+        views = [rounds.get_round_view(s, r) for r in (r3, r2, r1)]
+        approved = rounds.recent_rounds(s, ["approved"], limit=1)
+    assert everyone[:3] == views
+    assert [int(x["id"]) for x in everyone] == sorted((int(x["id"]) for x in everyone),
+                                                       reverse=True)
+    assert approved == [views[1]]
 
 
 # ------------------------------------------------------------------ read models, CSV
@@ -547,7 +571,7 @@ def test_many_claims_in_batches(w, cw, engine):
     with session_scope(engine) as s:
         rounds.approve_round(s, rid, actor=cw[1])
     with session_scope(engine, write=False) as s:
-        rounds.verify_round(s, rid)
+        assert_round_balances(s, rid)
         sent = s.execute(select(func.count()).select_from(Notification)
                          .where(Notification.kind == "allocated")).scalar_one()
         positive = s.execute(select(func.count()).select_from(Allocation)

@@ -1,4 +1,4 @@
-"""`restitution plan`: CONTRACT.md "Plan CSV" and the `plan` command row."""
+"""`restitution plan`: docs/formats.md "Plan CSV" and the `plan` command row."""
 
 from __future__ import annotations
 

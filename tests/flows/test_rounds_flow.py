@@ -22,7 +22,7 @@ PW = "twelve chars or more"
 
 
 def seed(engine, code):
-    """A 1000, B 600 approved; C 400 disputed (DESIGN's catch-up example, round 1)."""
+    """A 1000, B 600 approved; C 400 disputed (docs/allocation.md's catch-up example, round 1)."""
     now = utcnow()
     refs = []
     with session_scope(engine) as s:
@@ -123,7 +123,7 @@ def test_api_and_cli_prepare_through_the_flow(engine, prefect_harness, staff_mem
     from claims.staff import authenticate, issue_token
     from cli import rounds as cli_rounds
 
-    assert routes.PREPARE is routes._prepare_through_flow  # the real thing, not a test double
+    assert routes.PREPARE is routes.prepare_through_flow  # the real thing, not a test double
     a, b, c = seed(engine, "flow-api")
     with session_scope(engine) as s:
         token, _ = issue_token(authenticate(s, "cw1", PW))
