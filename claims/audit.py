@@ -55,23 +55,6 @@ class Actor:
         return cls(f"claimant:{reference}", "claimant")
 
 
-def jsonable(value: Any) -> Any:
-    """Make ``value`` JSON-native (dates → ISO strings) so what is hashed is what is stored."""
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if isinstance(value, float):  # pragma: no cover - nothing should pass floats
-        raise TypeError("floats are not allowed in audit events")
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "value"):  # enums
-        return jsonable(value.value)
-    return str(value)
-
-
 def json_default(value: Any) -> Any:
     """What the encoder cannot write itself: dates as ISO text, sets as lists, enums and
     anything else as their value or text (so what is hashed is what is stored)."""
@@ -231,29 +214,6 @@ def _append(session: Session, rows: list[tuple[str, str, str, str, str, str, str
     return range(first, next_id)
 
 
-# --- transitional: the older writers, until their callers move to record / record_batch ---
-
-
-def record_many(session, actor, events):
-    return list(record_batch(session, [(actor, *e) for e in events]))
-
-
-def record_each(session, events):
-    return list(record_batch(session, events))
-
-
-def record_texts(session, actor, action, subject_type, items, claim_pks=None):
-    return _append(session, [(actor.name, actor.role, action, subject_type, sid, b, a)
-                             for sid, b, a in items], claim_pks)
-
-
-def record_rows(session, rows, claim_pks=None):
-    return _append(session, list(rows), claim_pks)
-
-
-from claims.db.bulk import bind_processor, bind_repeats, driver_sql  # noqa: E402,F401 - transitional
-
-
 _EVENT_COLUMNS = ("id", "occurred_at", "actor", "role", "action", "subject_type", "subject_id",
                   "before", "after", "prev_hash", "hash", "claim_pk")
 _CLAIM_PKS = None
@@ -276,6 +236,22 @@ def _claim_pks(session: Session, references: set[str]) -> dict[str, int]:
     for i in range(0, len(refs), 1000):
         out.update(session.execute(_CLAIM_PKS, {"refs": refs[i:i + 1000]}).all())
     return out
+
+
+def page(session: Session, *, action: str | None = None, limit: int,
+         offset: int = 0) -> tuple[list[AuditEvent], int]:
+    """A page of the trail, newest first (only ``action`` when given), and how many events
+    there are in all (the console's audit page)."""
+    from sqlalchemy import func
+
+    cond = [AuditEvent.action == action] if action else []
+    total = session.execute(
+        select(func.count()).select_from(AuditEvent).where(*cond)).scalar_one()
+    events = session.execute(
+        select(AuditEvent).where(*cond).order_by(AuditEvent.id.desc())
+        .limit(limit).offset(offset)
+    ).scalars().all()
+    return list(events), total
 
 
 @dataclass

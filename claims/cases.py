@@ -183,3 +183,9 @@ def claim_counts(session: Session, code: str) -> dict[str, int]:
     return dict(session.execute(
         select(Claim.status, func.count()).join(Case, Case.id == Claim.case_id)
         .where(Case.code == code).group_by(Claim.status)).all())
+
+
+def case_choices(session: Session) -> list[dict[str, str]]:
+    """Every case as ``{"code", "name"}``, by code (the console's case pickers)."""
+    return [{"code": c, "name": n} for c, n in
+            session.execute(select(Case.code, Case.name).order_by(Case.code)).all()]

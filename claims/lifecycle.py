@@ -171,28 +171,6 @@ def transition_many(
     return changed
 
 
-def apply_transition(session, to, *, actor, action, columns, items, now=None):  # transitional
-    """Transitional: :func:`transition_many` for callers that still prepare audit texts."""
-    import json
-
-    class _Row:
-        def __init__(self, c, vals, before, after):
-            self.id, self.reference, self.status, self.case_id = c.id, c.reference, c.status, c.case_id
-            self._c = c
-            self._vals = {k: v for k, v in zip(columns, vals) if k in before}
-            self._after = after
-
-        def __getattr__(self, k):
-            return getattr(self._c, k)
-
-    rows = [_Row(c, v, json.loads(b), json.loads(a)) for c, v, b, a in items]
-    return transition_many(
-        session, rows, to, actor=actor, action=action,
-        per_claim_values={r.id: r._vals for r in rows},
-        per_claim_audit={r.id: {k: v for k, v in r._after.items() if k != "status" and k not in r._vals}
-                         for r in rows})
-
-
 def _set(obj: Claim, **values) -> None:
     """Reflect a bulk UPDATE already sent to the database on a loaded object, without
     making the ORM write it a second time."""

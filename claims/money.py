@@ -94,7 +94,7 @@ def format_usdt(micro: int) -> str:
 def net_loss(invested: int, withdrawn: int) -> int:
     """A claim's net loss: what it put in less what it took out (withdrawals, bonuses and
     referral payouts), never below 0. A claim with no net loss is a net winner."""
-    return max(0, invested - withdrawn)
+    return invested - withdrawn if invested > withdrawn else 0
 
 
 def format_rate(rate: Fraction, places: int = 9) -> str:

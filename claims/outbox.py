@@ -77,23 +77,3 @@ def enqueue_batch(
 _encode = json.JSONEncoder(default=json_default).encode
 _COLUMNS = ("claim_id", "kind", "language", "to_email", "context", "state", "attempts",
             "next_attempt_at", "created_at")
-
-
-# --- transitional: the older forms, until their callers move to enqueue / enqueue_batch ---
-
-
-def enqueue_many(session, items):
-    return enqueue_batch(session, items)
-
-
-def enqueue_texts(session, items):
-    return enqueue_batch(session, [(c, k, json.loads(t), e) for c, k, t, e in items])
-
-
-def enqueue_rows(session, items):
-    return enqueue_batch(session, [(Recipient(cid, json.loads(t)["reference"], lang, email), k,
-                                    json.loads(t), None) for cid, k, lang, email, t in items])
-
-
-def context_text(reference, context):
-    return json.dumps({"reference": reference, **context})

@@ -5,7 +5,7 @@
 ``templates/email/`` and the gettext domain ``emails`` (``templates/locale``).
 
 Every email carries the claim reference, the anti-phishing notice and one link: the official
-status page ``{PUBLIC_URL}/status?ref=REFERENCE&lang=LANG`` (a ``paid`` email adds the block
+status page ``{PUBLIC_URL}/status?reference=REFERENCE&lang=LANG`` (a ``paid`` email adds the block
 explorer's page of its transaction when the id is a transaction hash). Victims read plain words;
 this module never receives internal flag codes.
 
@@ -385,7 +385,7 @@ def explorer_url(network: str | None, tx_id: str) -> str | None:
 
 def status_url(public_url: str, reference: str, lang: str) -> str:
     """The official status page of a claim, the only link an email may carry besides an explorer's."""
-    return f"{public_url.rstrip('/')}/status?ref={quote(reference, safe='')}&lang={lang}"
+    return f"{public_url.rstrip('/')}/status?reference={quote(reference, safe='')}&lang={lang}"
 
 
 def _text(value: Any, key: str) -> str:

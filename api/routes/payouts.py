@@ -179,12 +179,6 @@ class RestartOut(BaseModel):
 # ------------------------------------------------------------------ release
 
 
-def _release(round_id: int, key: str, staff) -> dict[str, Any]:
-    """Kept for the console (api/pages/staff.py) until it calls
-    :func:`claims.payouts.release_once` itself."""
-    return payouts.release_once(round_id, key, actor=staff.actor)
-
-
 @router.post(
     "/api/v1/rounds/{id}/payouts",
     status_code=202,

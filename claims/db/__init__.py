@@ -17,6 +17,7 @@ from claims.db.bulk import (
     lock_clause,
     markers,
     next_ids,
+    read_columns,
     run,
     unindexed,
     update_rows,
@@ -39,7 +40,7 @@ from claims.db.schema import (
 )
 
 __all__ = [
-    "advisory_xact_lock", "fetch_all", "markers", "run", "unindexed",
+    "advisory_xact_lock", "fetch_all", "markers", "read_columns", "run", "unindexed",
     "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "WriteGate", "alembic_config",
     "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
     "current_revision", "dispose_engines", "drain_gate", "driver_sql", "ensure_schema", "for_update",

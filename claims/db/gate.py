@@ -173,7 +173,7 @@ def _lock_file(database: str | None, suffix: str = ".write-lock") -> int | None:
     fd = None
     if database and database != ":memory:" and not database.startswith("file:"):
         try:
-            import fcntl  # noqa: F401  (POSIX only)
+            import fcntl  # noqa: F401  (POSIX only: no lock files without flock)
 
             fd = os.open(f"{database}{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
         except (ImportError, OSError):

@@ -15,7 +15,7 @@ docs/formats.md, "Ledger CSV". The package, in the order an import goes through 
 - :mod:`claims.ledger.accounts` — reading back: :func:`ledger_summary`, :func:`mark_insider`.
 """
 
-from claims.ledger.accounts import get_account, ledger_summary, mark_insider
+from claims.ledger.accounts import get_account, insider_accounts, ledger_summary, mark_insider
 from claims.ledger.importing import import_ledger, run_import
 from claims.ledger.reading import PROGRESS_EVERY, ProgressFn
 from claims.ledger.rules import ENTRY_TYPES, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
@@ -32,6 +32,7 @@ __all__ = [
     "get_account",
     "import_ledger",
     "ledger_summary",
+    "insider_accounts",
     "mark_insider",
     "run_import",
 ]

@@ -11,7 +11,7 @@ from claims import audit
 from claims.audit import Actor
 from claims.cases import get_case_by_code
 from claims.errors import NotFound
-from claims.models import LedgerAccount
+from claims.models import Case, LedgerAccount
 from claims.money import format_amount
 
 
@@ -75,3 +75,15 @@ def mark_insider(
         after={"insider": True, "insider_reason": reason},
     )
     return acct
+
+
+def insider_accounts(session: Session, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """The ledger accounts marked as insiders, ``{"case_id" (the case code), "account_id",
+    "reason"}`` by case and account."""
+    rows = session.execute(
+        select(Case.code, LedgerAccount.account_id, LedgerAccount.insider_reason)
+        .join(Case, Case.id == LedgerAccount.case_id)
+        .where(LedgerAccount.insider.is_(True))
+        .order_by(Case.code, LedgerAccount.account_id).limit(limit)
+    ).all()
+    return [{"case_id": c, "account_id": a, "reason": r} for c, a, r in rows]

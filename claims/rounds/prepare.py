@@ -34,11 +34,11 @@ from claims.allocation import (
 )
 from claims.audit import Actor
 from claims.cases import get_case_by_code
-from claims.db import bulk_insert, for_update
+from claims.db import bulk_insert, for_update, markers, read_columns
 from claims.errors import Conflict, InvalidInput
 from claims.gc_pause import gc_paused
 from claims.lifecycle import PAYABLE
-from claims.models import Allocation, Case, Claim, ClaimStatus, DistributionRound, utcnow
+from claims.models import Allocation, Case, ClaimStatus, DistributionRound, utcnow
 from claims.money import MAX_MICRO, net_loss, rate_percent
 from claims.rounds.store import COUNTING, INSERT_BATCH, R, check_invariant, require_caseworker
 
@@ -124,18 +124,10 @@ class _CaseClaims:
 def _case_claims(session: Session, case_id: int) -> _CaseClaims:
     """The case's payable claims (``approved`` and ``disputed``) in id order, as columns (read
     in chunks in the session's transaction), with :func:`paid_before`."""
-    if session.autoflush:
-        session.flush()  # as session.execute would (nothing is pending in prepare_round)
-    result = session.connection().execute(
-        select(Claim.id, Claim.reference, Claim.status, Claim.version, Claim.invested,
-               Claim.withdrawn, Claim.recognized_loss)
-        .where(Claim.case_id == case_id, Claim.status.in_(sorted(PAYABLE)))
-        .order_by(Claim.id)
-    )
-    cols: list[list] = [[] for _ in range(7)]
-    while chunk := result.fetchmany(INSERT_BATCH):
-        for col, values in zip(cols, zip(*chunk)):
-            col.extend(values)
+    cols = read_columns(
+        session, "SELECT id, reference, status, version, invested, withdrawn, recognized_loss "
+        f"FROM claim WHERE case_id = ? AND status IN ({markers(len(PAYABLE))}) ORDER BY id",
+        (case_id, *sorted(PAYABLE)), chunk=INSERT_BATCH)
     ids, refs, sts, versions, inv_raw, wd_raw, recognized = cols
     wd = [w or 0 for w in wd_raw]
     inv = list(map(_plan_invested, inv_raw, wd, recognized))

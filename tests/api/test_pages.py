@@ -321,3 +321,16 @@ def test_catalogs_translate_every_page_string():
         untranslated = [m.id for m in catalog if m.id and (not m.string or m.fuzzy)]
         assert untranslated == [], lang
         assert (LOCALE_DIR / lang / "LC_MESSAGES" / "pages.mo").stat().st_size > 0
+
+
+def test_status_link_of_a_notice_fills_in_the_reference(client):
+    """The link every e-mail carries opens the status page with the claim's reference filled
+    in (only the access token is left to type)."""
+    from notifications.render import status_url
+
+    ref = "KZR-ABCD-EF12"
+    url = status_url("http://testserver", ref, "ru")
+    r = client.get(url.removeprefix("http://testserver"))
+    assert r.status_code == 200
+    (lookup,) = [f for f in Page(r.text).forms if f["action"].startswith("/status?")]
+    assert 'value="KZR-ABCD-EF12"' in r.text and Page(r.text).lang == "ru"

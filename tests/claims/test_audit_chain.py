@@ -159,9 +159,10 @@ def test_concurrent_writers_do_not_fork_the_chain(engine):
             barrier.wait()
             for i in range(per_thread):
                 with session_scope(engine) as s:
-                    audit.record_many(s, Actor.system(f"writer-{t}"), [
-                        ("test.concurrent", "thing", f"{t}-{i}-a", None, {"i": i}),
-                        ("test.concurrent", "thing", f"{t}-{i}-b", None, {"i": i}),
+                    actor = Actor.system(f"writer-{t}")
+                    audit.record_batch(s, [
+                        (actor, "test.concurrent", "thing", f"{t}-{i}-a", None, {"i": i}),
+                        (actor, "test.concurrent", "thing", f"{t}-{i}-b", None, {"i": i}),
                     ])
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -134,7 +134,7 @@ def test_every_kind_renders_in_every_language(kind: str, lang: str) -> None:
 
     # Links: only the status page (and, for a payment, the explorer's page of the transaction)
     status = status_url(PUBLIC_URL, REF, lang)
-    assert status == f"{PUBLIC_URL}/status?ref={REF}&lang={lang}"
+    assert status == f"{PUBLIC_URL}/status?reference={REF}&lang={lang}"
     explorer = f"https://tronscan.org/#/transaction/{TRON_TX}"
     allowed_links = {status} | ({explorer} if kind == "paid" else set())
     links = Links()

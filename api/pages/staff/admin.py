@@ -20,7 +20,7 @@ from api.pages.staff.common import (
     render,
 )
 from api.pages.staff_auth import ConsoleForbidden, ConsoleStaff, check_csrf
-from claims import console
+from claims import cases, ledger
 from claims.blocked import add_blocked, blocked_view, list_blocked, remove_blocked
 from claims.db import session_scope
 from claims.errors import DomainError, NotFound
@@ -148,8 +148,8 @@ def _insiders_page(request: Request, staff: ConsoleStaff, session, *, status: in
                    **extra: Any) -> HTMLResponse:
     extra.setdefault("form", {})
     return render(request, "insiders.html", staff, status=status,
-                  insiders=console.insider_accounts(session),
-                  cases=console.case_choices(session), can_act=staff.role == "admin", **extra)
+                  insiders=ledger.insider_accounts(session),
+                  cases=cases.case_choices(session), can_act=staff.role == "admin", **extra)
 
 
 @router.get("/staff/admin/insiders", response_class=HTMLResponse)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from api.deps import ReadSessionDep
 from api.pages.staff.common import AuditorPage, page_links, render
-from claims import console
+from claims import audit
 from claims.audit import verify_chain
 
 router = APIRouter(include_in_schema=False)
@@ -22,7 +22,7 @@ AUDIT_PAGE = 50
 def audit_page(request: Request, staff: AuditorPage, session: ReadSessionDep,
                page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
                action: str = "") -> HTMLResponse:
-    events, total = console.audit_events(session, action=action or None, limit=AUDIT_PAGE,
+    events, total = audit.page(session, action=action or None, limit=AUDIT_PAGE,
                                          offset=(page - 1) * AUDIT_PAGE)
     pages = max(1, -(-total // AUDIT_PAGE))
     prev_url, next_url = page_links("/staff/audit", {"action": action} if action else {},

@@ -23,7 +23,7 @@ from api.pages.staff.common import (
 )
 from api.pages.staff_auth import ConsoleStaff, check_csrf
 from api.routes import payouts as payouts_api
-from claims import console, idempotency, payouts, rounds
+from claims import idempotency, payouts, rounds
 from claims.db import get_engine, session_scope
 from claims.errors import DomainError, InvalidInput, NotFound
 from claims.models import PayoutState
@@ -39,7 +39,7 @@ PAYABLE_ROUNDS = ("approved", "released", "settled", "stopped")
 @router.get("/staff/finance", response_class=HTMLResponse)
 def finance_page(request: Request, staff: FinancePage, session: ReadSessionDep) -> HTMLResponse:
     return render(request, "finance.html", staff,
-                  rounds=console.recent_rounds(session, PAYABLE_ROUNDS))
+                  rounds=rounds.recent_rounds(session, PAYABLE_ROUNDS))
 
 
 def _finance_round(request: Request, staff: ConsoleStaff, round_id: str, *,
@@ -98,7 +98,7 @@ def release(round_id: str, request: Request, staff: FinanceAction, background: B
         key = idempotency_key.strip() or uuid.uuid4().hex
         idempotency.check_key(key)
         # As POST /api/v1/rounds/{id}/payouts does: idempotent by the form's key.
-        console.release_once(rid, key, staff.actor)
+        payouts.release_once(rid, key, actor=staff.actor)
     except NotFound as exc:
         return not_found(request, staff, exc)
     except DomainError as exc:

@@ -22,7 +22,7 @@ from api.pages.staff.common import (
     render,
 )
 from api.pages.staff_auth import ConsoleStaff, check_csrf
-from claims import console, review
+from claims import cases, review
 from claims.db import session_scope
 from claims.errors import DomainError, InvalidInput, NotFound
 from claims.models import FLAG_CODES, ClaimStatus
@@ -73,7 +73,7 @@ def queue(
     return render(request, "queue.html", staff, status=422 if errors else 200,
                   items=data["items"], total=data["total"], page=page, pages=pages,
                   prev_url=prev_url, next_url=next_url,
-                  filters=filters, errors=errors, cases=console.case_choices(session),
+                  filters=filters, errors=errors, cases=cases.case_choices(session),
                   statuses=[s.value for s in ClaimStatus], flag_codes=FLAG_CODES)
 
 

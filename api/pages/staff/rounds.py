@@ -24,7 +24,7 @@ from api.pages.staff.common import (
 )
 from api.pages.staff_auth import ConsoleStaff, check_csrf
 from api.routes import rounds as rounds_api
-from claims import console, rounds
+from claims import cases, rounds
 from claims.cases import get_case_by_code
 from claims.db import session_scope
 from claims.errors import DomainError, InvalidInput, NotFound
@@ -37,7 +37,7 @@ def _rounds_page(request: Request, staff: ConsoleStaff, session, *, status: int 
     extra.setdefault("form", {"method": "pro-rata", "min_payout": "0"})
     extra.setdefault("preview", None)
     return render(request, "rounds.html", staff, status=status,
-                  rounds=console.recent_rounds(session), cases=console.case_choices(session),
+                  rounds=rounds.recent_rounds(session), cases=cases.case_choices(session),
                   can_prepare=staff.role == "caseworker", **extra)
 
 
