@@ -20,8 +20,8 @@ from sqlmodel import Session
 
 from claims import audit
 from claims.audit import Actor
-from claims.db import for_update as lock_rows
-from claims.errors import CaseClosed, Conflict, IllegalTransition, InvalidInput, NotFound
+from claims.db import get_one
+from claims.errors import CaseClosed, Conflict, IllegalTransition, InvalidInput
 from claims.models import Case, Claim, utcnow
 from claims.validators import ValidationFailed, validate_case_code
 
@@ -129,13 +129,8 @@ def create_case(
 
 def get_case_by_code(session: Session, code: str, *, for_update: bool = False) -> Case:
     """The case with this code, or ``NotFound``."""
-    stmt = select(Case).where(Case.code == code)
-    if for_update:
-        stmt = lock_rows(stmt, session)
-    case = session.execute(stmt).scalar_one_or_none()
-    if case is None:
-        raise NotFound(f"no case {code!r}" if isinstance(code, str) else "no such case")
-    return case
+    return get_one(session, select(Case).where(Case.code == code), lock=for_update,
+                   missing=f"no case {code!r}" if isinstance(code, str) else "no such case")
 
 
 def is_open(case: Case, today: dt.date | None = None) -> bool:

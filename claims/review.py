@@ -41,7 +41,7 @@ from sqlmodel import Session
 
 from claims import lifecycle
 from claims.audit import Actor
-from claims.db import bind_value, bulk_insert, for_update, in_values, next_ids
+from claims.db import bind_value, bulk_insert, for_update, get_one, in_values, next_ids
 from claims.errors import IllegalTransition, InvalidInput, NotFound
 from claims.gc_pause import gc_paused
 from claims.models import (
@@ -160,13 +160,8 @@ def review_queue(
 def _claim(session: Session, reference: str, *, lock: bool = False) -> Claim:
     if not isinstance(reference, str) or not _REFERENCE_SHAPE.fullmatch(reference):
         raise NotFound(f"no claim {reference!r}")
-    stmt = select(Claim).where(Claim.reference == reference)
-    if lock:
-        stmt = for_update(stmt, session)
-    claim = session.execute(stmt).scalar_one_or_none()
-    if claim is None:
-        raise NotFound(f"no claim {reference}")
-    return claim
+    return get_one(session, select(Claim).where(Claim.reference == reference), lock=lock,
+                   missing=f"no claim {reference}")
 
 
 def claim_for_staff(session: Session, reference: str) -> dict[str, Any]:

@@ -64,8 +64,8 @@ from claims.crypto import (
     new_token,
     verify_password,
 )
-from claims.db import for_update, is_sqlite
-from claims.errors import AuthFailed, Conflict, InvalidInput, NotFound, TooManyAttempts
+from claims.db import for_update, get_one, is_sqlite
+from claims.errors import AuthFailed, Conflict, InvalidInput, TooManyAttempts
 from claims.models import RevokedToken, Role, StaffUser, utcnow
 from claims.settings import get_settings
 
@@ -140,13 +140,8 @@ def validate_password(password: object) -> str:
 
 
 def get_user(session: Session, username: str, *, lock: bool = False) -> StaffUser:
-    stmt = select(StaffUser).where(StaffUser.username == username)
-    if lock:
-        stmt = for_update(stmt, session)
-    user = session.execute(stmt).scalar_one_or_none()
-    if user is None:
-        raise NotFound(f"no staff member named {username!r}")
-    return user
+    return get_one(session, select(StaffUser).where(StaffUser.username == username), lock=lock,
+                   missing=f"no staff member named {username!r}")
 
 
 def create_user(

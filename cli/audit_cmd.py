@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import EXIT_FAILED, err, print_json
+from cli.common import EXIT_FAILED, JSON_OPTION, err, print_json
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 
 
 @audit_app.command("verify")
-def verify(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def verify(as_json: bool = JSON_OPTION) -> None:
     """Check every event's chained HMAC; name the first broken event."""
     from claims.audit import verify_chain
     from claims.db import session_scope

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import domain_errors, err, print_json
+from cli.common import JSON_OPTION, domain_errors, err, in_session, print_json
 
 blocked = typer.Typer(help="Frozen or sanctioned payout addresses.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ blocked = typer.Typer(help="Frozen or sanctioned payout addresses.", no_args_is_
 def add(
     address: str = typer.Argument(..., help="a TRON (T…) or Ethereum (0x…) address"),
     reason: str = typer.Option(..., "--reason", help="why it is blocked (kept in the audit trail)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Block a payout address."""
     from claims.audit import Actor
@@ -43,16 +43,13 @@ def add(
 @blocked.command("remove")
 def remove(
     address: str = typer.Argument(..., help="the blocked address"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Take an address off the list."""
     from claims.audit import Actor
     from claims.blocked import blocked_view, remove_blocked
-    from claims.db import session_scope
 
-    with domain_errors():
-        with session_scope() as s:
-            view = blocked_view(remove_blocked(s, address, Actor.operator()))
+    view = in_session(lambda s: blocked_view(remove_blocked(s, address, Actor.operator())))
     if as_json:
         print_json({**view, "removed": True})
     else:
@@ -60,7 +57,7 @@ def remove(
 
 
 @blocked.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def list_(as_json: bool = JSON_OPTION) -> None:
     """Every blocked address, oldest first."""
     from claims.blocked import blocked_view, list_blocked
     from claims.db import session_scope

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import domain_errors, print_json
+from cli.common import JSON_OPTION, domain_errors, in_session, print_json
 
 cases = typer.Typer(help="Cases: open one, stop its filings.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def create(
     code: str = typer.Argument(..., help="the case CODE: [a-z0-9][a-z0-9-]{1,63}"),
     name: str = typer.Option(..., "--name", help="the case's name (shown to claimants)"),
     deadline: str = typer.Option(None, "--deadline", help="last day for claims, YYYY-MM-DD (UTC)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Open a case."""
     from claims.audit import Actor
@@ -42,16 +42,13 @@ def create(
 @cases.command("close")
 def close(
     code: str = typer.Argument(..., help="the case CODE"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Close a case: new filings are refused (422 naming case_id)."""
     from claims.audit import Actor
     from claims.cases import case_view, close_case
-    from claims.db import session_scope
 
-    with domain_errors():
-        with session_scope() as s:
-            view = case_view(close_case(s, code, Actor.operator()))
+    view = in_session(lambda s: case_view(close_case(s, code, Actor.operator())))
     if as_json:
         print_json(view)
     else:

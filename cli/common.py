@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+
+#: The ``--json`` option every command that prints a result takes.
+JSON_OPTION = typer.Option(False, "--json", help="print one JSON object")
 
 
 def print_json(obj: Any) -> None:
@@ -67,6 +70,16 @@ def domain_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE)
     except DomainError as exc:
         fail(exc.detail, exit_code_for(exc))
+
+
+def in_session(work: Callable[[Any], Any], *, write: bool = True) -> Any:
+    """``work(session)`` in one transaction (a read-only one unless ``write``); a refused
+    rule ends the command with its message and exit code (:func:`domain_errors`)."""
+    from claims.db import session_scope
+
+    with domain_errors():
+        with session_scope(write=write) as s:
+            return work(s)
 
 
 def read_password(prompt: str = "Password: ") -> str:

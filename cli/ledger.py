@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import domain_errors, fail, print_json
+from cli.common import JSON_OPTION, domain_errors, fail, in_session, print_json
 
 ledger = typer.Typer(help="The seized ledger: import, summary, insiders.", no_args_is_help=True)
 
@@ -56,7 +56,7 @@ class _Bar:
 def import_(
     code: str = typer.Argument(..., help="the case CODE"),
     file: Path = typer.Argument(..., help="the ledger CSV", exists=False),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
     progress: bool = typer.Option(
         None, "--progress/--no-progress", help="progress bar on stderr (default: files ≥ 4 MiB)"
     ),
@@ -94,15 +94,12 @@ def import_(
 @ledger.command("summary")
 def summary(
     code: str = typer.Argument(..., help="the case CODE"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Totals of the case's ledger (net winners, total net loss)."""
-    from claims.db import session_scope
     from claims.ledger import ledger_summary
 
-    with domain_errors():
-        with session_scope(write=False) as s:
-            out = ledger_summary(s, code)
+    out = in_session(lambda s: ledger_summary(s, code), write=False)
     if as_json:
         print_json(out)
         return
@@ -118,7 +115,7 @@ def mark_insider(
     code: str = typer.Argument(..., help="the case CODE"),
     account: str = typer.Argument(..., help="the ledger's account_id"),
     reason: str = typer.Option(None, "--reason", help="why (kept on the account and audited)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Mark a promoter/insider account (its claims are flagged `insider`)."""
     from claims.audit import Actor

@@ -27,7 +27,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import EXIT_USAGE, domain_errors, fail, print_json
+from cli.common import EXIT_USAGE, JSON_OPTION, domain_errors, fail, in_session, print_json
 
 rounds_app = typer.Typer(help="Distribution rounds: prepare, approve, read.", no_args_is_help=True)
 
@@ -122,30 +122,24 @@ def approve(
 @rounds_app.command("show")
 def show(
     round_id: str = typer.Argument(..., metavar="ROUND", help="the round id"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one round."""
     from claims import rounds
-    from claims.db import session_scope
 
-    with domain_errors():
-        with session_scope(write=False) as s:
-            v = rounds.get_round_view(s, round_id)
+    v = in_session(lambda s: rounds.get_round_view(s, round_id), write=False)
     _print_round(v, as_json)
 
 
 @rounds_app.command("list")
 def list_(
     code: str = typer.Argument(..., help="the case CODE"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The case's rounds (stale attempts included)."""
     from claims import rounds
-    from claims.db import session_scope
 
-    with domain_errors():
-        with session_scope(write=False) as s:
-            items = rounds.list_rounds(s, code)
+    items = in_session(lambda s: rounds.list_rounds(s, code), write=False)
     if as_json:
         print_json({"case": code, "items": items, "total": len(items)})
         return
@@ -166,11 +160,8 @@ def csv_(
 ) -> None:
     """The round's plan CSV (as GET /api/v1/rounds/{id}/plan.csv)."""
     from claims import rounds
-    from claims.db import session_scope
 
-    with domain_errors():
-        with session_scope(write=False) as s:
-            text = rounds.plan_csv_text(s, round_id)
+    text = in_session(lambda s: rounds.plan_csv_text(s, round_id), write=False)
     if out is None:
         sys.stdout.write(text)
         return

@@ -16,7 +16,15 @@ import sys
 
 import typer
 
-from cli.common import EXIT_USAGE, domain_errors, fail, print_json, read_password
+from cli.common import (
+    EXIT_USAGE,
+    JSON_OPTION,
+    domain_errors,
+    fail,
+    in_session,
+    print_json,
+    read_password,
+)
 
 
 class RoleChoice(str, enum.Enum):
@@ -45,7 +53,7 @@ def add(
     name: str = typer.Argument(..., help="user name: lower-case letters, digits, . _ -"),
     role: RoleChoice = typer.Option(..., "--role", help="caseworker, finance, admin or auditor"),
     totp: bool = typer.Option(False, "--totp", help="enrol a TOTP second factor; prints its secret"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Create a staff account."""
     from claims.audit import Actor
@@ -78,12 +86,9 @@ def add(
 def disable(name: str = typer.Argument(...)) -> None:
     """Disable an account: no sign-in, and its tokens stop working at once."""
     from claims.audit import Actor
-    from claims.db import session_scope
     from claims.staff import disable_user
 
-    with domain_errors():
-        with session_scope() as s:
-            disable_user(s, name, actor=Actor.operator())
+    in_session(lambda s: disable_user(s, name, actor=Actor.operator()))
     typer.echo(f"disabled {name}")
 
 
@@ -91,12 +96,9 @@ def disable(name: str = typer.Argument(...)) -> None:
 def enable(name: str = typer.Argument(...)) -> None:
     """Enable an account again; also lifts a lock-out after repeated failed sign-ins."""
     from claims.audit import Actor
-    from claims.db import session_scope
     from claims.staff import enable_user
 
-    with domain_errors():
-        with session_scope() as s:
-            enable_user(s, name, actor=Actor.operator())
+    in_session(lambda s: enable_user(s, name, actor=Actor.operator()))
     typer.echo(f"enabled {name}")
 
 
@@ -118,7 +120,7 @@ def reset_password_cmd(name: str = typer.Argument(...)) -> None:
 
 
 @users.command("list")
-def list_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def list_cmd(as_json: bool = JSON_OPTION) -> None:
     """Staff accounts with role and state."""
     from claims.db import session_scope
     from claims.staff import list_users

@@ -128,21 +128,11 @@ def prepare_round_flow(
     return round_id
 
 
-def prepare_round_waited(
-    case_code: str,
-    pool: int | str,
-    method: str = PRO_RATA,
-    min_payout: int | str = 0,
-    *,
-    actor_name: str,
-    actor_role: str,
-    actor_staff_id: int | None,
-) -> int:
+def prepare_round_waited(*args, **kwargs) -> int:
     """:func:`prepare_round_flow` run in this process for a caller that waits for it (an API
     request, a CLI command): without heartbeats (:func:`flows.common.no_heartbeat`). Returns
     the round id."""
     from flows.common import no_heartbeat
 
     with no_heartbeat():
-        return prepare_round_flow(case_code, pool, method, min_payout, actor_name=actor_name,
-                                  actor_role=actor_role, actor_staff_id=actor_staff_id)
+        return prepare_round_flow(*args, **kwargs)

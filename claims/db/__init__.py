@@ -12,6 +12,7 @@ from claims.db.bulk import (
     driver_sql,
     fetch_all,
     for_update,
+    get_one,
     in_values,
     is_sqlite,
     lock_clause,
@@ -40,7 +41,7 @@ from claims.db.schema import (
 )
 
 __all__ = [
-    "advisory_xact_lock", "fetch_all", "markers", "read_columns", "run", "unindexed",
+    "advisory_xact_lock", "fetch_all", "get_one", "markers", "read_columns", "run", "unindexed",
     "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "WriteGate", "alembic_config",
     "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
     "current_revision", "dispose_engines", "drain_gate", "driver_sql", "ensure_schema", "for_update",

@@ -11,7 +11,8 @@ Rule modules say *what* to write; this module knows *how* each database takes it
 - :func:`next_ids` — the ids a bulk insert will give, so rows that refer to them can be
   written in the same transaction.
 - :func:`for_update` — ``SELECT … FOR UPDATE`` where it means something (not on SQLite, whose
-  IMMEDIATE write transaction already holds the database's write lock).
+  IMMEDIATE write transaction already holds the database's write lock); :func:`get_one`, an
+  entity by its key, locked or not, or ``NotFound``.
 - :func:`in_values` — ``column IN (…)`` for a long list.
 - :func:`run`, :func:`fetch_all`, :func:`read_columns`, :func:`markers`, :func:`unindexed` —
   hand-written SQL for
@@ -61,6 +62,17 @@ def for_update(stmt, session, **kw):
     """``stmt`` with ``FOR UPDATE`` (``kw``: ``skip_locked=True``, ``of=…``) where the
     database takes row locks; ``stmt`` unchanged on SQLite."""
     return stmt.with_for_update(**kw) if lock_clause(session) else stmt
+
+
+def get_one(session, stmt, *, lock: bool = False, missing: str) -> Any:
+    """The one entity ``stmt`` selects (its row locked for update when ``lock``), or
+    :class:`claims.errors.NotFound` with the message ``missing``."""
+    from claims.errors import NotFound
+
+    found = session.execute(for_update(stmt, session) if lock else stmt).scalar_one_or_none()
+    if found is None:
+        raise NotFound(missing)
+    return found
 
 
 def bind_processor(session, column) -> Callable[[Any], Any] | None:

@@ -10,8 +10,8 @@ from sqlalchemy import Engine, exists, func, select
 from sqlmodel import Session
 
 from claims import rounds
-from claims.db import for_update, session_scope
-from claims.errors import InvalidInput, NotFound
+from claims.db import get_one, session_scope
+from claims.errors import InvalidInput
 from claims.models import Allocation, Claim, Mismatch, Payout, PayoutState
 from claims.money import format_amount
 from claims.payouts.common import RAIL_EVM, STATES, parse_payout_id
@@ -109,13 +109,8 @@ def summary_with_wallet(round_id: object, *, engine: Engine | None = None,
 
 def get_payout(session: Session, payout_id: object, *, lock: bool = False) -> Payout:
     pid = parse_payout_id(payout_id)
-    stmt = select(Payout).where(Payout.id == pid)
-    if lock:
-        stmt = for_update(stmt, session)
-    payout = session.execute(stmt).scalar_one_or_none()
-    if payout is None:
-        raise NotFound(f"no payout {pid}")
-    return payout
+    return get_one(session, select(Payout).where(Payout.id == pid), lock=lock,
+                   missing=f"no payout {pid}")
 
 
 def payout_view(p: Payout, reference: str | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from claims.audit import Actor
-from claims.db import for_update
+from claims.db import get_one
 from claims.errors import Forbidden, NotFound
 from claims.models import DistributionRound, Role, RoundStatus
 
@@ -63,10 +63,5 @@ def parse_round_id(round_id: object) -> int:
 def get_round(session: Session, round_id: object, *, lock: bool = False) -> DistributionRound:
     """The round ``round_id`` (``NotFound`` if none); ``lock``: its row locked for update."""
     rid = parse_round_id(round_id)
-    stmt = select(DistributionRound).where(DistributionRound.id == rid)
-    if lock:
-        stmt = for_update(stmt, session)
-    rnd = session.execute(stmt).scalar_one_or_none()
-    if rnd is None:
-        raise NotFound(f"no round {rid}")
-    return rnd
+    return get_one(session, select(DistributionRound).where(DistributionRound.id == rid),
+                   lock=lock, missing=f"no round {rid}")
