@@ -279,10 +279,9 @@ def confirm_address_change(session: Session, claim: Claim, code: object) -> Addr
     held = _hold_payouts(session, claim, actor, now)
     outbox.enqueue(session, claim, "address_changed", {
         "name": claim.full_name,
+        **new,  # what the notice shows: the address now on file
         "old_payout_network": old["payout_network"],
         "old_payout_address": old["payout_address"],
-        "new_payout_network": new["payout_network"],
-        "new_payout_address": new["payout_address"],
     })
     return AddressConfirmation(True, held_payouts=len(held), flagged=flagged)
 

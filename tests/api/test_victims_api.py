@@ -690,7 +690,15 @@ def test_payout_address_change_after_approval_flags_holds_and_notifies(client, f
         assert actions[-4:] == ["claim.address_change_requested", "claim.address_changed", "claim.flagged", "payout.held"]
     (changed,) = _notifications(engine, "address_changed")
     assert changed.context["old_payout_address"] == old_address
-    assert changed.context["new_payout_address"] == new_address
+    assert changed.context["payout_address"] == new_address
+    # Both notices render (a context the template cannot use would fail delivery for good).
+    from notifications.render import render
+
+    for n in (req, changed):
+        msg = render(n.kind, "en", n.context, public_url="https://restitution.example",
+                     mail_from="Restitution <no-reply@example.org>", to=n.to_email,
+                     notification_id=n.id)
+        assert new_address.encode() in msg.wire_bytes()
     # The code is spent.
     assert client.post(f"/api/v1/claims/{fc.reference}/payout-address/confirm", json={"code": code},
                        headers=h).status_code == 409
