@@ -679,5 +679,19 @@ def settle(
     hook = _rounds_hook()
     if hook is not None:
         hook(session, claim, amount, actor)
+    _review_changed_address(session, claim, actor)
     session.flush()
     return {"reference": claim.reference, "status": claim.status, "decision": _decision_out(row)}
+
+
+def _review_changed_address(session: Session, claim: Claim, actor: Actor) -> None:
+    """A payout address changed while the claim was disputed leaves an open
+    ``address_changed`` flag (its payouts held): once settled, the claim goes to ``flagged``
+    so that a caseworker decides on the new address, as after a change to an approved claim
+    (otherwise nothing could ever clear the flag)."""
+    open_flag = session.execute(
+        select(Flag.id).where(Flag.claim_id == claim.id, Flag.code == "address_changed",
+                              Flag.resolved_at.is_(None)).limit(1)).first()
+    if open_flag is not None:
+        lifecycle.transition(session, claim, ClaimStatus.flagged, actor=actor,
+                             action="claim.flagged", audit_extra={"flags": ["address_changed"]})

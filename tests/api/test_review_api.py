@@ -576,6 +576,28 @@ def test_settle_a_dispute(client, make_staff, filed_claim, engine, monkeypatch):
     assert ev.before["status"] == "disputed" and ev.after["reason"] == "receipts agreed"
 
 
+def test_settling_a_dispute_whose_address_changed_puts_it_before_a_caseworker(
+        client, make_staff, filed_claim, engine):
+    """An address changed while the claim was disputed leaves its payouts held behind an open
+    ``address_changed`` flag; settling the dispute sends the claim to ``flagged``, where a
+    caseworker's approval clears the flag."""
+    cw = make_staff("caseworker")
+    fc = filed_claim(status="disputed", ledger={"deposits": "1000", "withdrawals": "400"},
+                     flags=["address_changed"])
+    r = client.post(settle_url(fc.reference), json={"amount": "600", "reason": "agreed"},
+                    headers=cw)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "flagged"
+    assert claim_row(engine, fc.reference).status == "flagged"
+    r = client.post(f"/api/v1/review/claims/{fc.reference}/decision", headers=cw,
+                    json={"decision": "approve", "reason": "new address confirmed by phone"})
+    assert r.status_code == 200, r.text
+    with session_scope(engine, write=False) as s:
+        open_flags = s.execute(select(Flag).where(Flag.claim_id == fc.id,
+                                                  Flag.resolved_at.is_(None))).scalars().all()
+    assert claim_row(engine, fc.reference).status == "approved" and open_flags == []
+
+
 def test_settle_refusals(client, make_staff, filed_claim, engine):
     cw = make_staff("caseworker")
     flagged = filed_claim()
