@@ -18,7 +18,7 @@ cases = typer.Typer(help="Cases: open one, stop its filings.", no_args_is_help=T
 
 @cases.command("create")
 def create(
-    code: str = typer.Argument(..., help="the case CODE: [a-z0-9][a-z0-9-]{1,63}"),
+    code: str = typer.Argument(..., help="the case CODE: lower-case letters, digits and hyphens (2 to 64, starting with a letter or digit)"),
     name: str = typer.Option(..., "--name", help="the case's name (shown to claimants)"),
     deadline: str = typer.Option(None, "--deadline", help="last day for claims, YYYY-MM-DD (UTC)"),
     as_json: bool = JSON_OPTION,
