@@ -10,6 +10,7 @@ from claims.db.bulk import (
     bulk_cache,
     bulk_insert,
     driver_sql,
+    drop_temp_tables,
     fetch_all,
     for_update,
     get_one,
@@ -20,6 +21,7 @@ from claims.db.bulk import (
     next_ids,
     read_columns,
     run,
+    temp_table,
     unindexed,
     update_rows,
 )
@@ -41,7 +43,7 @@ from claims.db.schema import (
 )
 
 __all__ = [
-    "advisory_xact_lock", "fetch_all", "get_one", "markers", "read_columns", "run", "unindexed",
+    "advisory_xact_lock", "drop_temp_tables", "fetch_all", "get_one", "temp_table", "markers", "read_columns", "run", "unindexed",
     "MIGRATIONS", "SQLITE_BULK_CACHE_KIB", "SQLITE_CACHE_KIB", "WriteGate", "alembic_config",
     "bind_processor", "bind_repeats", "bind_value", "bulk_cache", "bulk_insert",
     "current_revision", "dispose_engines", "drain_gate", "driver_sql", "ensure_schema", "for_update",

@@ -4,8 +4,9 @@ bulk insert, row locks, long ``IN`` lists, and the differences between SQLite an
 Rule modules say *what* to write; this module knows *how* each database takes it fast:
 
 - :func:`bulk_insert` — ``COPY … FROM STDIN`` on PostgreSQL (psycopg), one ``executemany``
-  elsewhere; values already as the driver takes them (:func:`bind_value`,
-  :func:`bind_processor`).
+  elsewhere, of a list or a stream of rows; values already as the driver takes them
+  (:func:`bind_value`, :func:`bind_processor`); :func:`temp_table`, :func:`drop_temp_tables`
+  for staging.
 - :func:`update_rows` — many guarded ``UPDATE``s: on SQLite one statement per group of rows
   (``json_each``), elsewhere one ``executemany``.
 - :func:`next_ids` — the ids a bulk insert will give, so rows that refer to them can be
@@ -25,12 +26,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, String, bindparam, func, literal_column, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
 #: From this many values on, an ``IN`` list goes to SQLite as one JSON parameter.
 JSON_IN_MIN = 64
@@ -110,28 +111,57 @@ def driver_sql(session, sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-def bulk_insert(session, table, columns: Sequence[str], rows: Sequence[tuple]) -> None:
+def bulk_insert(bind, table, columns: Sequence[str], rows: Iterable[tuple]) -> None:
     """INSERT ``rows`` (tuples in ``columns`` order, values already as the driver takes them:
-    ints, str, None, JSON as text, times through :func:`bind_value`) in the session's
-    transaction: ``COPY … FROM STDIN`` on PostgreSQL (psycopg), one ``executemany`` elsewhere —
-    no per-row statement compilation or type processing. A broken constraint raises
-    SQLAlchemy's ``IntegrityError`` either way."""
-    if not rows:
+    ints, str, None, JSON as text, times through :func:`bind_value`) into ``table`` (a table
+    or its name) in the transaction of ``bind`` (a session or a connection):
+    ``COPY … FROM STDIN`` on PostgreSQL (psycopg), the driver's ``executemany`` elsewhere — no
+    per-row statement compilation or type processing. ``rows`` may be an iterator: it is
+    consumed as it is written, never held in memory whole. A driver error is raised as
+    SQLAlchemy's (``IntegrityError`` for a broken constraint) on every database."""
+    if isinstance(rows, Sequence) and not rows:
         return
-    conn = session.connection()
+    conn = bind if isinstance(bind, Connection) else bind.connection()
+    name = table if isinstance(table, str) else table.name
     names = ", ".join(columns)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        try:
-            with conn.connection.driver_connection.cursor() as cur:
-                with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-        except conn.dialect.loaded_dbapi.IntegrityError as exc:  # as SQLAlchemy raises it
-            raise IntegrityError(f"COPY {table.name}", None, exc) from exc
-        return
-    marks = ", ".join("?" * len(columns))
-    conn.exec_driver_sql(driver_sql(session, f"INSERT INTO {table.name} ({names}) VALUES ({marks})"),
-                         list(rows))
+    dialect = conn.dialect
+    copy_in = dialect.name == "postgresql" and dialect.driver == "psycopg"
+    sql = (f"COPY {name} ({names}) FROM STDIN" if copy_in else driver_sql(
+        conn, f"INSERT INTO {name} ({names}) VALUES ({', '.join('?' * len(columns))})"))
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        if copy_in:
+            with cursor.copy(sql) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+        else:
+            cursor.executemany(sql, rows)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
+def temp_table(bind, name: str, columns: str) -> None:
+    """``CREATE TEMP TABLE name (columns)`` — dropped at commit on PostgreSQL; on SQLite it
+    lasts as long as the connection, so :func:`drop_temp_tables` it after use.
+    ``{pk}`` and ``{ts}`` in ``columns`` stand for the database's integer primary key and
+    timestamp types (SQLite's ``INTEGER PRIMARY KEY`` is the rowid; its times are text)."""
+    conn = bind if isinstance(bind, Connection) else bind.connection()
+    sqlite = is_sqlite(conn)
+    columns = columns.format(pk="INTEGER PRIMARY KEY" if sqlite else "BIGINT PRIMARY KEY",
+                             ts="TEXT" if sqlite else "TIMESTAMP")
+    conn.exec_driver_sql(f"CREATE TEMP TABLE {name} ({columns})"
+                         + ("" if sqlite else " ON COMMIT DROP"))
+
+
+def drop_temp_tables(bind, names: Iterable[str]) -> None:
+    """Drop these TEMP tables if they exist."""
+    conn = bind if isinstance(bind, Connection) else bind.connection()
+    schema = "temp" if is_sqlite(conn) else "pg_temp"
+    for name in names:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{name}")
 
 
 def update_rows(session, table, *, keys: Sequence[str], columns: Sequence[str],

@@ -8,7 +8,7 @@ docs/formats.md, "Ledger CSV". The package, in the order an import goes through 
 - :mod:`claims.ledger.rules` — the header and the rules of each cell;
 - :mod:`claims.ledger.reading` — one pass: rows checked and streamed into the stage;
 - :mod:`claims.ledger.staging` — the TEMP staging tables (on the SQL plumbing of
-  :mod:`claims.ledger.temp_tables`);
+  :mod:`claims.db`);
 - :mod:`claims.ledger.storing` — set-based SQL from the stage: entries, accounts, totals,
   match keys, insiders;
 - :mod:`claims.ledger.importing` — :func:`import_ledger`, the whole import in one transaction;

@@ -23,12 +23,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from claims.ledger.temp_tables import (
-    create_temp_table,
-    drop_temp_tables,
-    stream_rows,
-    temp_types,
-)
+from claims.db import bulk_insert, drop_temp_tables, temp_table
 
 STAGE_COLUMNS = (
     "line", "k", "row_key", "run_line", "entry_type", "amount", "occurred_at", "tx_hash",
@@ -43,34 +38,33 @@ class Stage:
     def __init__(self, session: Session) -> None:
         self.conn = session.connection()
         self.drop()
-        pk, ts = temp_types(self.conn)
-        create_temp_table(
+        temp_table(
             self.conn, "ledger_stage",
-            f"line {pk}, k BIGINT NOT NULL, "
-            f"row_key VARCHAR(32) NOT NULL, run_line BIGINT NOT NULL, "
-            f"entry_type VARCHAR(16) NOT NULL, amount BIGINT NOT NULL, occurred_at {ts} NOT NULL, "
-            f"tx_hash VARCHAR(128) NOT NULL, account_id VARCHAR(128) NOT NULL, "
-            f"wallet VARCHAR(128) NOT NULL, wallet_key VARCHAR(128) NOT NULL, "
-            f"email VARCHAR(320) NOT NULL, phone VARCHAR(32) NOT NULL, "
-            f"iin_hash VARCHAR(64) NOT NULL, insider INTEGER NOT NULL",
+            "line {pk}, k BIGINT NOT NULL, "
+            "row_key VARCHAR(32) NOT NULL, run_line BIGINT NOT NULL, "
+            "entry_type VARCHAR(16) NOT NULL, amount BIGINT NOT NULL, occurred_at {ts} NOT NULL, "
+            "tx_hash VARCHAR(128) NOT NULL, account_id VARCHAR(128) NOT NULL, "
+            "wallet VARCHAR(128) NOT NULL, wallet_key VARCHAR(128) NOT NULL, "
+            "email VARCHAR(320) NOT NULL, phone VARCHAR(32) NOT NULL, "
+            "iin_hash VARCHAR(64) NOT NULL, insider INTEGER NOT NULL",
         )
-        create_temp_table(
+        temp_table(
             self.conn, "ledger_ident",
-            f"line {pk}, account_pk BIGINT, "
-            f"account_id VARCHAR(128) NOT NULL, wallet VARCHAR(128), wallet_key VARCHAR(128), "
-            f"email VARCHAR(320), phone VARCHAR(32), iin_hash VARCHAR(64), "
-            f"insider INTEGER NOT NULL",
+            "line {pk}, account_pk BIGINT, "
+            "account_id VARCHAR(128) NOT NULL, wallet VARCHAR(128), wallet_key VARCHAR(128), "
+            "email VARCHAR(320), phone VARCHAR(32), iin_hash VARCHAR(64), "
+            "insider INTEGER NOT NULL",
         )
 
     def write(self, rows: Any) -> None:
         """Stream ``rows`` (an iterator of tuples in :data:`STAGE_COLUMNS` order) into
         ``ledger_stage``."""
-        stream_rows(self.conn, "ledger_stage", STAGE_COLUMNS, rows)
+        bulk_insert(self.conn, "ledger_stage", STAGE_COLUMNS, rows)
 
     def add_totals_table(self) -> None:
         """``ledger_agg``: the new entries' sums per account (see
         :func:`claims.ledger.storing.add_totals`)."""
-        create_temp_table(
+        temp_table(
             self.conn, "ledger_agg",
             "account_pk BIGINT PRIMARY KEY, dep BIGINT NOT NULL, wd BIGINT NOT NULL, "
             "bon BIGINT NOT NULL",
