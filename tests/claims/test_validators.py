@@ -499,12 +499,12 @@ def test_email_result_is_email_validators(raw):
     from email_validator import EmailNotValidError
     from email_validator import validate_email as library
 
-    from claims.validators import _email_message
+    from claims.validators.contact import email_message
 
     try:
         expected = ("ok", library(raw, check_deliverability=False).normalized)
     except EmailNotValidError as exc:
-        expected = ("refused", _email_message(str(exc)))
+        expected = ("refused", email_message(str(exc)))
     try:
         got = ("ok", validate_email(raw))
     except ValidationFailed as exc:
@@ -513,15 +513,15 @@ def test_email_result_is_email_validators(raw):
 
 
 def test_control_characters_are_the_unicode_categories():
-    """``_has_control``'s ranges are exactly categories Cc and Cs and the bidi controls."""
+    """``has_control``'s ranges are exactly categories Cc and Cs and the bidi controls."""
     import unicodedata
 
-    from claims.validators import _has_control
+    from claims.validators.common import has_control
 
     bidi = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
     for cp in range(0x110000):
         c = chr(cp)
-        assert _has_control(c) == (unicodedata.category(c) in ("Cc", "Cs") or c in bidi), hex(cp)
+        assert has_control(c) == (unicodedata.category(c) in ("Cc", "Cs") or c in bidi), hex(cp)
 
 
 def test_email_is_normalized():
