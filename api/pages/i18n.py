@@ -153,7 +153,7 @@ FIELD_HINT = {
     "body": N_("The form could not be read; please fill it in again."),
 }
 
-# Validator messages (claims/validators.py, claims/money.py, claims/cases.py) that have an exact
+# Validator messages (claims/validators/, claims/money.py, claims/cases.py) that have an exact
 # translation; any other message falls back to FIELD_HINT.
 KNOWN_MESSAGES = (
     N_("is required"),

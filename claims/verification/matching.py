@@ -11,7 +11,7 @@ The rules, first hit wins:
 ``wallet``            the claim's payout address (``payout_address_key``) appears there
 ====================  ===================================================================
 
-The keys on both sides are the ledger import's normalization (``claims/ledger.py``,
+The keys on both sides are the ledger import's normalization (``claims/ledger``,
 ``LedgerIdentifier``): ``tx_hash`` as :func:`claims.validators.tx_hash_key` gives it; ``iin``
 the keyed IIN hash; ``email`` case-folded; ``phone`` E.164; ``wallet`` the address key of
 :func:`claims.validators.normalize_address_key`. When one rule finds several accounts the one
