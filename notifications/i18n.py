@@ -2,7 +2,7 @@
 
 Catalogs live in ``templates/locale/<lang>/LC_MESSAGES/<domain>.mo`` and are compiled ahead of
 time (``make translations``), never at run time. Two domains exist: ``emails`` (the templates in
-``templates/email/``, owned by :mod:`notifications.render`) and ``pages`` (the web pages).
+``templates/email/``, owned by :mod:`notifications.templating`) and ``pages`` (the web pages).
 
 Use::
 

@@ -93,7 +93,7 @@ def test_bootstrap_deploys_mints_and_approves(rail: EvmRail) -> None:
     assert bal["token_micro"] > 0
     assert bal["gas_wei"] > 10**18
     assert rail.allowance() == MAX_UINT256
-    decimals = rail._call(rail.token_address, bytes.fromhex("313ce567"))  # decimals()
+    decimals = rail.eth_call(rail.token_address, bytes.fromhex("313ce567"))  # decimals()
     assert int.from_bytes(decimals, "big") == 6
     # A second ensure_allowance sends nothing.
     assert rail.ensure_allowance() == []
@@ -102,7 +102,7 @@ def test_bootstrap_deploys_mints_and_approves(rail: EvmRail) -> None:
 def test_the_token_returns_nothing_and_payments_still_work(rail: EvmRail) -> None:
     to = fresh_address()
     data = rail.transfer_data(to, 1)
-    out = rail._call(rail.token_address, data, sender=rail.address)
+    out = rail.eth_call(rail.token_address, data, sender=rail.address)
     assert out == b""  # no bool, like USDT on Ethereum
     signed = rail.sign_batch([to, fresh_address()], [3 * USDT, 4 * USDT], rail.next_nonce())
     receipt = rail.send_and_wait(signed)
@@ -116,12 +116,12 @@ def test_approve_needs_a_reset_to_zero_like_usdt() -> None:
     assert r.allowance() == MAX_UINT256
     # Changing a non-zero allowance to another non-zero value reverts (USDT's rule) ...
     data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(5)
-    assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).status == 0
+    assert r.send_and_wait(r.sign_tx(r.token_address, data, r.next_nonce(), 100_000, 0)).status == 0
     # ... so ensure_allowance resets to 0 first when it must change it.
     data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(0)
-    assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
+    assert r.send_and_wait(r.sign_tx(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
     data = evm.SEL_APPROVE + evm.address_word(r.disperse_address) + evm.word(5)
-    assert r.send_and_wait(r._sign(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
+    assert r.send_and_wait(r.sign_tx(r.token_address, data, r.next_nonce(), 100_000, 0)).ok
     assert r.allowance() == 5
     assert len(r.ensure_allowance()) == 2
     assert r.allowance() == MAX_UINT256
@@ -139,7 +139,7 @@ def test_disperse_refuses_a_token_address_without_code_and_mismatched_lengths(
     data = bytearray(rail.batch_data([fresh_address(), fresh_address()], [USDT, USDT]))
     data[-32 * 2 - 1] = 1  # the length word of values[]: 2 -> 1
     with pytest.raises(evm.revert_errors()):
-        rail._call(rail.disperse_address, bytes(data), sender=rail.address)
+        rail.eth_call(rail.disperse_address, bytes(data), sender=rail.address)
 
 
 # ------------------------------------------------------------------ single and batched payouts

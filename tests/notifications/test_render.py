@@ -374,7 +374,8 @@ TRICKY = 'Line <b>one</b> & "two" %(reference)s {{ reference }} %s\nline two'
 @pytest.mark.parametrize("lang", i18n.LANGUAGES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_cached_skeletons_render_exactly_what_the_templates_render(kind: str, lang: str) -> None:
-    from notifications.render import _pack_html, _prepare, _render_bodies, _render_direct
+    from notifications.context import prepare_context
+    from notifications.templating import pack_html, render_bodies, render_direct
 
     base = {"reference": REF, **CONTEXTS[kind]}
     variants = [
@@ -390,14 +391,14 @@ def test_cached_skeletons_render_exactly_what_the_templates_render(kind: str, la
     ]
     for context in variants:
         try:
-            ctx = _prepare(kind, lang, context, PUBLIC_URL)
+            ctx = prepare_context(kind, lang, context, PUBLIC_URL)
         except RenderError:
             continue  # a variant that drops a required value
-        fast = _render_bodies(kind, lang, ctx)
-        subject, text, html = _render_direct(kind, lang, ctx)
+        fast = render_bodies(kind, lang, ctx)
+        subject, text, html = render_direct(kind, lang, ctx)
         assert fast[0] == subject
         assert fast[1] == text
-        assert fast[2].split() == _pack_html(html).split()  # packing changes only whitespace
+        assert fast[2].split() == pack_html(html).split()  # packing changes only whitespace
         if not any("\ue000" in str(v) for v in context.values()):
             assert "\ue000" not in fast[0] + fast[1] + fast[2]  # every slot filled
 
