@@ -145,6 +145,7 @@ def transition_many(
     else:
         sets, extra = "status = ?, version = version + 1, updated_at = ?", (to, now)
     table = Claim.__table__
+    session.flush()  # pending ORM changes first, as a statement through the session would
     extra = tuple(bind_value(session, table.c[k], v)
                   for k, v in zip(("status", "updated_at")[-len(extra):], extra))
     changed = update_rows(session, table, keys=("id", "status"), columns=keys, rows=rows,
