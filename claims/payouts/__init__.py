@@ -35,7 +35,7 @@ The package
   notices;
 - :mod:`~claims.payouts.reconciliation` — reconcile, mismatches, stop and restart, settle;
 - :mod:`~claims.payouts.views` — totals, listings and the wallet for finance;
-- :mod:`~claims.payouts.rails` — the EVM rail and its executor, the custodian rail;
+- :mod:`~claims.payouts.rails` — the EVM rail and its executor, the custodian rail.
 
 This ``__init__`` re-exports the public names (``from claims import payouts;
 payouts.release_round(...)``).
