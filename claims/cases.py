@@ -14,8 +14,9 @@ Every change is audited in the caller's transaction.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlmodel import Session
 
 from claims import audit
@@ -139,12 +140,18 @@ def is_open(case: Case, today: dt.date | None = None) -> bool:
     return case.deadline is None or (today or _today()) <= case.deadline
 
 
-def get_open_case(session: Session, code: object) -> Case:
-    """The case a claim is filed for; unknown, closed or past its deadline → ``InvalidInput``
-    naming ``case_id`` (``CaseClosed`` for a closed case)."""
+_OPEN_CASE = select(Case.__table__.c.id, Case.__table__.c.code, Case.__table__.c.name,
+                    Case.__table__.c.status, Case.__table__.c.deadline).where(
+    Case.__table__.c.code == bindparam("code"))
+
+
+def get_open_case(session: Session, code: object) -> Any:
+    """The case a claim is filed for, as a row (``id``, ``code``, ``name``, ``status``,
+    ``deadline``: one light query, on every filing's path); unknown, closed or past its
+    deadline → ``InvalidInput`` naming ``case_id`` (``CaseClosed`` for a closed case)."""
     if not isinstance(code, str) or not code.strip():
         raise InvalidInput([{"field": "case_id", "message": "is required"}])
-    case = session.execute(select(Case).where(Case.code == code.strip())).scalar_one_or_none()
+    case = session.execute(_OPEN_CASE, {"code": code.strip()}).first()
     if case is None:
         raise InvalidInput([{"field": "case_id", "message": "no open case has this code"}])
     if case.status != "open":

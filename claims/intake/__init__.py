@@ -38,7 +38,6 @@ from claims.intake.filing import (
     file_many,
     insert_claims,
     insert_claims_returning,
-    open_case_fast,
     reissue_token,
 )
 from claims.intake.group_commit import IDEMPOTENCY_SCOPE, GroupCommit, file_request, group_commit
@@ -65,7 +64,6 @@ from claims.intake.validation import (
     case_problem,
     check_filing,
     json_shape_errors,
-    open_case,
     open_cases,
     prepare,
     prepare_with_case,
@@ -81,7 +79,7 @@ __all__ = [
     "explorer_url", "file_claim", "file_claim_tx", "file_many", "file_request", "find_claim",
     "group_commit", "header_problems", "import_rows", "insert_claims",
     "insert_claims_returning", "json_shape_errors", "message_text", "new_reference",
-    "new_references", "normalize_reference", "open_case", "open_case_fast", "open_cases",
+    "new_references", "normalize_reference", "open_cases",
     "prepare", "prepare_with_case", "refusal", "reissue_token", "reply",
     "request_address_change", "reset_token", "round_rate_percent", "status_view",
     "timeline_event",

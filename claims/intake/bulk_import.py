@@ -19,7 +19,8 @@ from claims.db.gate import write_gate
 from claims.errors import InvalidInput
 from claims.gc_pause import gc_paused
 from claims.intake.filing import Filed, file_many
-from claims.intake.validation import CLAIM_FIELDS, REQUIRED_FIELDS, Prepared, open_case, prepare
+from claims.cases import get_open_case
+from claims.intake.validation import CLAIM_FIELDS, REQUIRED_FIELDS, Prepared, prepare
 
 __all__ = ["ImportOutcome", "csv_row_to_data", "header_problems", "import_rows"]
 
@@ -110,7 +111,7 @@ def import_rows(
 
     actor = actor or Actor.operator()
     with session_scope(engine, write=False) as s:
-        open_case(s, code)
+        get_open_case(s, code)
     engine = engine or get_engine()
     outcome = ImportOutcome()
     batch: list[tuple[int, Prepared]] = []
@@ -155,7 +156,7 @@ def _file_chunk(engine: Engine, code: str, batch: list[tuple[int, Prepared]], ac
     from claims.db import session_scope
 
     with write_gate(engine), session_scope(engine) as s:
-        case = open_case(s, code)
+        case = get_open_case(s, code)
         results = file_many(s, case, [p for _, p in batch], source="import", actor=actor)
     done = []
     for (line, _), res in zip(batch, results):

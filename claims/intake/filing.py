@@ -31,7 +31,8 @@ from claims.crypto import new_token, new_tokens, token_hash
 from claims.db import bind_processor, bind_repeats, bulk_insert, is_sqlite, next_ids
 from claims.errors import DomainError, DuplicateClaim, IdempotencyConflict, NotFound
 from claims.intake import references
-from claims.intake.validation import Prepared, open_case
+from claims.cases import get_open_case
+from claims.intake.validation import Prepared
 from claims.models import Case, Claim, ClaimStatus, utcnow
 from claims.money import format_amount
 
@@ -42,7 +43,6 @@ __all__ = [
     "file_many",
     "insert_claims",
     "insert_claims_returning",
-    "open_case_fast",
     "reissue_token",
 ]
 
@@ -93,7 +93,7 @@ def file_claim(
     a reference collision surfaces as ``IntegrityError`` (use :func:`file_claim_tx`).
     """
     if case is None:
-        case = open_case_fast(session, prepared.case_code)
+        case = get_open_case(session, prepared.case_code)
     dup = session.connection().execute(
         _DUP_MANY, {"case_id": case.id, "hashes": [prepared.iin_hash]}).first()
     if dup is not None:
@@ -336,17 +336,6 @@ def _bind_processors(session: Session, names: list[str]) -> list:
 # ----------------------------------------------------------------------------- lookups
 
 
-def open_case_fast(session: Session, code: str) -> Any:
-    """:func:`claims.intake.open_case` with one Core query on the hot path; the refusals (and
-    the rule of what is open) stay :mod:`claims.cases`'s."""
-    from claims.cases import is_open
-
-    row = session.connection().execute(_CASE_BY_CODE, {"code": code}).first()
-    if row is not None and is_open(row):
-        return row
-    return open_case(session, code)  # raises the precise refusal
-
-
 def _chunks(items: Sequence, n: int) -> Iterable[Sequence]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -390,10 +379,7 @@ def reissue_token(session: Session, reference: str, *, why: str = "idempotent re
     return token
 
 
-_case_table = Case.__table__
 _claim_table = Claim.__table__
-_CASE_BY_CODE = select(_case_table.c.id, _case_table.c.code, _case_table.c.status,
-                       _case_table.c.deadline).where(_case_table.c.code == bindparam("code"))
 _DUP_MANY = select(_claim_table.c.iin_hash).where(
     _claim_table.c.case_id == bindparam("case_id"),
     _claim_table.c.iin_hash.in_(bindparam("hashes", expanding=True)))

@@ -15,7 +15,8 @@ from claims import audit, idempotency
 from claims.db import is_sqlite
 from claims.db.gate import WriteGate, drain_gate, write_gate
 from claims.errors import DomainError
-from claims.intake.filing import Filed, file_claim_tx, file_many, open_case_fast, reissue_token
+from claims.cases import get_open_case
+from claims.intake.filing import Filed, file_claim_tx, file_many, reissue_token
 from claims.intake.validation import Prepared, prepare_with_case
 
 __all__ = ["IDEMPOTENCY_SCOPE", "GroupCommit", "file_request", "group_commit"]
@@ -158,7 +159,7 @@ class GroupCommit:
             by_case.setdefault(p.case_code, []).append(i)
         for code, idx in by_case.items():
             try:
-                case = open_case_fast(s, code)
+                case = get_open_case(s, code)
             except DomainError as exc:
                 for i in idx:
                     outcomes[i] = exc

@@ -2,7 +2,8 @@
 
 The API (``POST /api/v1/claims``), the claim form and the CSV import all come through here,
 so one rule holds for every way a claim comes in (docs/api.md). No database except
-where the case's state is asked (:func:`open_case`, :func:`case_problem`, :func:`refusal`).
+where the case's state is asked (:func:`case_problem`, :func:`refusal`; the rule of an open case
+is :func:`claims.cases.get_open_case`).
 
 The IIN is hashed (keyed, for duplicates), encrypted (for staff) and masked here; it is never
 stored in plain, never logged, never returned.
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
+from claims.cases import get_open_case
 from claims.crypto import encrypt, iin_hash, mask_iin
 from claims.errors import InvalidInput
 from claims.models import Case
@@ -35,7 +37,6 @@ __all__ = [
     "case_problem",
     "check_filing",
     "json_shape_errors",
-    "open_case",
     "open_cases",
     "prepare",
     "prepare_with_case",
@@ -173,17 +174,10 @@ def prepare_with_case(data: Mapping[str, Any], *, engine=None) -> Prepared:
     return prepared
 
 
-def open_case(session: Session, code: object) -> Case:
-    """The open case ``code``; unknown or closed → :class:`InvalidInput` naming ``case_id``."""
-    from claims.cases import get_open_case
-
-    return get_open_case(session, code)
-
-
 def case_problem(session: Session, code: object) -> dict[str, str] | None:
     """The ``case_id`` error for ``code`` (unknown, closed, past its deadline), or None."""
     try:
-        open_case(session, code)
+        get_open_case(session, code)
     except InvalidInput as exc:
         return exc.errors[0]
     return None

@@ -11,7 +11,7 @@ from fractions import Fraction
 import pytest
 from sqlalchemy import select
 
-from claims import intake
+from claims import cases, intake
 from claims.errors import DuplicateClaim, InvalidInput, NotFound
 from claims.validators import make_iin, make_tron_address
 
@@ -128,7 +128,7 @@ def test_file_many_refuses_duplicates_in_the_batch_and_the_database(case, engine
     intake.file_claim_tx(intake.prepare(data(1)))
     batch = [intake.prepare(data(n)) for n in (1, 2, 3, 2)]
     with session_scope(engine) as s:
-        results = intake.file_many(s, intake.open_case(s, CASE), batch)
+        results = intake.file_many(s, cases.get_open_case(s, CASE), batch)
     kinds = [type(r).__name__ for r in results]
     assert kinds == ["DuplicateClaim", "Filed", "Filed", "DuplicateClaim"]
     with session_scope(engine, write=False) as s:
@@ -158,7 +158,7 @@ def test_file_many_stores_the_rows_an_insert_returning_stores(case, engine, monk
 
     def file(code):
         with session_scope(engine) as s:
-            out = intake.file_many(s, intake.open_case(s, code),
+            out = intake.file_many(s, cases.get_open_case(s, code),
                                    [intake.prepare(dict(r, case_id=code)) for r in rows])
         return out
 
@@ -207,7 +207,7 @@ def test_filing_writes_the_notification_and_audit_event_of_the_generic_writers(
     body = data(1, full_name="Әсел \"Ñoño\" Petrova", claimed_amount="1234.5")
     if bulk:
         with session_scope(engine) as s:
-            [filed] = intake.file_many(s, intake.open_case(s, CASE), [intake.prepare(body)])
+            [filed] = intake.file_many(s, cases.get_open_case(s, CASE), [intake.prepare(body)])
     else:
         filed = intake.file_claim_tx(intake.prepare(body))
     with session_scope(engine, write=False) as s:
@@ -430,7 +430,7 @@ def test_a_claims_events_carry_its_id_and_make_its_timeline(engine, case):
     with session_scope(engine) as s:
         first = intake.file_claim(s, intake.prepare(data(1)))
         second = intake.file_claim(s, intake.prepare(data(2)))
-        c = intake.open_case(s, CASE)
+        c = cases.get_open_case(s, CASE)
         intake.file_many(s, c, [intake.prepare(data(3))], source="import",
                          actor=Actor.operator())
     with session_scope(engine) as s:
