@@ -28,7 +28,7 @@ from claims import audit, outbox
 from claims.audit import Actor
 from claims.db.bulk import bind_value, update_rows
 from claims.errors import IllegalTransition
-from claims.models import Claim, ClaimStatus, DistributionRound, RoundStatus, utcnow
+from claims.models import Claim, ClaimMessage, ClaimStatus, DistributionRound, RoundStatus, utcnow
 
 S = ClaimStatus
 
@@ -170,6 +170,19 @@ def transition_many(
         for case_id in sorted({c.case_id for c in claims}):
             mark_rounds_stale(session, case_id, actor=actor, because=because)
     return changed
+
+
+def answer_messages(session: Session, claim_id: int, kind: str, at) -> None:
+    """Mark the claim's open messages of ``kind`` (``request``, ``dispute``) answered at
+    ``at``: the victim's reply answers the requests for information, a settlement the
+    dispute."""
+    session.execute(
+        update(ClaimMessage)
+        .where(ClaimMessage.claim_id == claim_id, ClaimMessage.kind == kind,
+               ClaimMessage.answered_at.is_(None))
+        .values(answered_at=at)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _set(obj: Claim, **values) -> None:

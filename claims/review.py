@@ -661,13 +661,7 @@ def settle(
     session.add(ClaimMessage(claim_id=claim.id, kind="settlement", body=reason, amount=amount,
                              created_at=now))
     session.flush()
-    session.execute(
-        update(ClaimMessage)
-        .where(ClaimMessage.claim_id == claim.id, ClaimMessage.kind == "dispute",
-               ClaimMessage.answered_at.is_(None))
-        .values(answered_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    lifecycle.answer_messages(session, claim.id, "dispute", now)
     lifecycle.transition(
         session, claim, ClaimStatus.approved, actor=actor, action="claim.dispute_settled",
         notify="dispute_settled",

@@ -115,13 +115,7 @@ def reply(session: Session, claim: Claim, message: object) -> ClaimMessage:
     msg = ClaimMessage(claim_id=claim.id, kind="reply", body=text, created_at=now)
     session.add(msg)
     session.flush()
-    session.execute(
-        update(ClaimMessage)
-        .where(ClaimMessage.claim_id == claim.id, ClaimMessage.kind == "request",
-               ClaimMessage.answered_at.is_(None))
-        .values(answered_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    lifecycle.answer_messages(session, claim.id, "request", now)
     lifecycle.transition(
         session, claim, ClaimStatus.verifying, actor=Actor.claimant(claim.reference),
         action="claim.replied", audit_extra={"message_id": msg.id},
