@@ -73,8 +73,6 @@ def json_default(value: Any) -> Any:
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                               default=json_default)
 canonical_text = _CANONICAL.encode
-#: A value's stored text (``before``/``after``): :func:`canonical_text` of it.
-encode = canonical_text
 json_str = json.encoder.encode_basestring  # a str as JSON, as ``canonical_text`` writes it
 
 
@@ -156,7 +154,7 @@ def record_batch(session: Session, events: Iterable[Event | tuple]) -> range:
     for ev in events:
         actor, action, subject_type, subject_id, before, after, *pk = ev
         rows.append((actor.name, actor.role, action, subject_type, str(subject_id),
-                     encode(before), encode(after)))
+                     canonical_text(before), canonical_text(after)))
         pk = pk[0] if pk else None
         any_pk = any_pk or pk is not None
         pks.append(pk)
@@ -166,7 +164,7 @@ def record_batch(session: Session, events: Iterable[Event | tuple]) -> range:
 def _append(session: Session, rows: list[tuple[str, str, str, str, str, str, str]],
             claim_pks: Sequence[int | None] | None = None) -> range:
     """Append events given as ``(actor name, actor role, action, subject_type, subject_id,
-    before_text, after_text)`` rows (the texts as :func:`encode` gives them)."""
+    before_text, after_text)`` rows (the texts as :func:`canonical_text` gives them)."""
     if not rows:
         return range(0)
     head = _lock_head(session)
